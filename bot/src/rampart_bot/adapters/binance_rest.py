@@ -1,0 +1,239 @@
+"""Binance-Spot REST: signing, clock-offset correction and error mapping.
+
+The key rule: a 5xx or a timeout on an order submit means the outcome is UNKNOWN (the venue may have
+accepted it), never that it failed. Callers get `UnknownOutcome` and must resolve it by query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from ..core.model import Order, OrderType
+from .secrets import Secret
+
+
+def sign(secret: bytes, payload: str) -> str:
+    """HMAC-SHA256 over query string + body, hex encoded (Binance SIGNED endpoints)."""
+    return hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()
+
+
+class VenueError(Exception):
+    def __init__(self, status: int, code: int | None, msg: str) -> None:
+        super().__init__(f"HTTP {status} code={code} {msg}")
+        self.status = status
+        self.code = code
+        self.msg = msg
+
+
+class ClockSkew(VenueError):
+    """-1021: timestamp outside recvWindow."""
+
+
+class OrderRejected(VenueError):
+    """-2010: the venue refused the new order (it does not exist there)."""
+
+
+class CancelRejected(VenueError):
+    """-2011: cancel refused (usually: already closed or unknown)."""
+
+
+class OrderNotFound(VenueError):
+    """-2013: no such order."""
+
+
+class RateLimited(VenueError):
+    """429: back off until `retry_after_s` has passed."""
+
+    def __init__(self, status: int, code: int | None, msg: str, retry_after_s: float) -> None:
+        super().__init__(status, code, msg)
+        self.retry_after_s = retry_after_s
+
+
+class IpBanned(RateLimited):
+    """418: we ignored 429s; stop sending entirely."""
+
+
+class ServerError(VenueError):
+    """5xx: the venue's state is unknown for this request."""
+
+
+class TransportError(Exception):
+    """No HTTP answer at all (timeout, connection reset)."""
+
+
+class UnknownOutcome(Exception):
+    """A submit whose result we cannot know; resolve it by query or reconciliation."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"order outcome unknown: {cause!r}")
+        self.cause = cause
+
+
+_CODE_MAP: dict[int, type[VenueError]] = {
+    -1021: ClockSkew,
+    -2010: OrderRejected,
+    -2011: CancelRejected,
+    -2013: OrderNotFound,
+}
+
+
+def fmt_decimal(value: Decimal) -> str:
+    """Plain notation without exponent or trailing zeros (the venue parses plain decimals)."""
+    text = format(value.normalize(), "f")
+    return text
+
+
+class BinanceRest:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: Secret,
+        api_secret: Secret,
+        recv_window_ms: int = 5000,
+        timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"X-MBX-APIKEY": api_key.reveal()}
+        self._secret = api_secret.reveal().encode()
+        self.recv_window_ms = recv_window_ms
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._clock = clock
+        self.offset_ms = 0
+        self.blocked_until = 0.0  # monotonic; set by 429/418
+        self.banned = False
+        self.request_count = 0
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000) + self.offset_ms
+
+    async def sync_time(self) -> int:
+        t0 = self._clock()
+        data = await self._request("GET", "/api/v3/time", None, signed=False)
+        t1 = self._clock()
+        local_mid_ms = int((t0 + t1) * 500)
+        self.offset_ms = int(data["serverTime"]) - local_mid_ms
+        return self.offset_ms
+
+    async def _request(
+        self, method: str, path: str, params: dict[str, Any] | None, signed: bool = True
+    ) -> Any:
+        try:
+            return await self._request_once(method, path, params, signed)
+        except ClockSkew:
+            # The request was refused, so retrying with a corrected clock cannot duplicate anything.
+            await self.sync_time()
+            return await self._request_once(method, path, params, signed)
+
+    async def _request_once(self, method: str, path: str, params: dict[str, Any] | None, signed: bool) -> Any:
+        if self.banned:
+            raise IpBanned(418, None, "banned: not sending", 0.0)
+        wait = self.blocked_until - time.monotonic()
+        if wait > 0:
+            raise RateLimited(429, None, "backing off", wait)
+        query = urlencode(params) if params else ""
+        if signed:
+            extra = f"recvWindow={self.recv_window_ms}&timestamp={self.now_ms()}"
+            query = f"{query}&{extra}" if query else extra
+            query = f"{query}&signature={sign(self._secret, query)}"
+        url = URL(f"{self.base_url}{path}?{query}" if query else f"{self.base_url}{path}", encoded=True)
+        self.request_count += 1
+        try:
+            async with self.session.request(method, url, headers=self._headers, timeout=self.timeout) as resp:
+                body = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise TransportError(repr(exc)) from exc
+        if status == 200:
+            return orjson.loads(body)
+        code: int | None = None
+        msg = ""
+        try:
+            payload = orjson.loads(body)
+            if isinstance(payload, dict):
+                code = payload.get("code")
+                msg = str(payload.get("msg", ""))
+        except orjson.JSONDecodeError:
+            msg = body[:200].decode(errors="replace")
+        if status in (418, 429):
+            delay = float(retry_after) if retry_after and retry_after.isdigit() else 1.0
+            self.blocked_until = time.monotonic() + delay
+            if status == 418:
+                self.banned = True
+                raise IpBanned(status, code, msg, delay)
+            raise RateLimited(status, code, msg, delay)
+        if status >= 500:
+            raise ServerError(status, code, msg)
+        cls = _CODE_MAP.get(code, VenueError) if code is not None else VenueError
+        raise cls(status, code, msg)
+
+    def unban(self) -> None:
+        """Operator decision after a 418: allow requests again."""
+        self.banned = False
+        self.blocked_until = 0.0
+
+    # -- endpoints -----------------------------------------------------------------------------
+    async def new_order(self, order: Order) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "symbol": order.symbol,
+            "side": order.side.value,
+            "type": order.order_type.value,
+            "quantity": fmt_decimal(order.qty),
+            "newClientOrderId": order.client_order_id,
+            "newOrderRespType": "RESULT",
+        }
+        if order.order_type is OrderType.LIMIT:
+            assert order.price is not None
+            params["timeInForce"] = "GTC"
+            params["price"] = fmt_decimal(order.price)
+        try:
+            return await self._request("POST", "/api/v3/order", params)
+        except (ServerError, TransportError) as exc:
+            raise UnknownOutcome(exc) from exc
+
+    async def query_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
+        return await self._request("GET", "/api/v3/order", {"symbol": symbol, "origClientOrderId": client_order_id})
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
+        return await self._request(
+            "DELETE", "/api/v3/order", {"symbol": symbol, "origClientOrderId": client_order_id}
+        )
+
+    async def cancel_all(self, symbol: str) -> list[dict[str, Any]]:
+        try:
+            return await self._request("DELETE", "/api/v3/openOrders", {"symbol": symbol})
+        except CancelRejected:
+            return []  # nothing open: cancel-all is idempotent for us
+
+    async def open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        return await self._request("GET", "/api/v3/openOrders", {"symbol": symbol} if symbol else None)
+
+    async def my_trades(self, symbol: str, from_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"symbol": symbol, "limit": limit}
+        if from_id is not None:
+            params["fromId"] = from_id
+        return await self._request("GET", "/api/v3/myTrades", params)
+
+    async def account(self) -> dict[str, Any]:
+        return await self._request("GET", "/api/v3/account", None)
+
+    async def book_ticker(self, symbol: str) -> dict[str, Any]:
+        return await self._request("GET", "/api/v3/ticker/bookTicker", {"symbol": symbol}, signed=False)
+
+    async def exchange_info(self) -> dict[str, Any]:
+        return await self._request("GET", "/api/v3/exchangeInfo", None, signed=False)

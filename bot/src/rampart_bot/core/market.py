@@ -1,0 +1,68 @@
+"""Top of book and a bounded trade tape per symbol."""
+
+from __future__ import annotations
+
+from collections import deque
+from decimal import Decimal
+
+from .model import BookTicker, Trade
+
+
+class TopOfBook:
+    __slots__ = ("symbol", "update_id", "bid", "bid_qty", "ask", "ask_qty", "received_ns")
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.update_id = -1
+        self.bid: Decimal | None = None
+        self.bid_qty: Decimal | None = None
+        self.ask: Decimal | None = None
+        self.ask_qty: Decimal | None = None
+        self.received_ns = 0
+
+    def apply(self, tick: BookTicker, now_ns: int) -> bool:
+        """Apply a book ticker; stale (older update id) ticks are ignored.
+
+        A REST snapshot after a reconnect may carry any update id, so callers reset with `force=True`
+        semantics by calling `reset()` first.
+        """
+        if tick.update_id < self.update_id:
+            return False
+        if tick.bid > tick.ask and tick.ask > 0:
+            return False  # crossed book from a corrupt message: never let it reach a strategy
+        self.update_id = tick.update_id
+        self.bid = tick.bid
+        self.bid_qty = tick.bid_qty
+        self.ask = tick.ask
+        self.ask_qty = tick.ask_qty
+        self.received_ns = now_ns
+        return True
+
+    def reset(self) -> None:
+        self.update_id = -1
+
+    @property
+    def mid(self) -> Decimal | None:
+        if self.bid is None or self.ask is None:
+            return None
+        return (self.bid + self.ask) / 2
+
+
+class TradeTape:
+    __slots__ = ("symbol", "trades", "last_trade_id")
+
+    def __init__(self, symbol: str, maxlen: int = 1000) -> None:
+        self.symbol = symbol
+        self.trades: deque[Trade] = deque(maxlen=maxlen)
+        self.last_trade_id = -1
+
+    def apply(self, trade: Trade) -> bool:
+        if trade.trade_id <= self.last_trade_id:
+            return False  # replay after reconnect: already seen
+        self.last_trade_id = trade.trade_id
+        self.trades.append(trade)
+        return True
+
+    @property
+    def last_price(self) -> Decimal | None:
+        return self.trades[-1].price if self.trades else None

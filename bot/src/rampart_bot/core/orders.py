@@ -1,0 +1,226 @@
+"""Order state machine, fill deduplication and positions. Pure: the engine persists and sends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from .model import ZERO, Fill, Order, OrderIntent, OrderStatus, Side
+
+S = OrderStatus
+_ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
+    S.PENDING: frozenset(
+        {S.UNKNOWN, S.NEW, S.PARTIALLY_FILLED, S.FILLED, S.REJECTED, S.CANCELED, S.EXPIRED, S.EXPIRED_IN_MATCH}
+    ),
+    S.UNKNOWN: frozenset(
+        {S.NEW, S.PARTIALLY_FILLED, S.FILLED, S.REJECTED, S.CANCELED, S.EXPIRED, S.EXPIRED_IN_MATCH}
+    ),
+    S.NEW: frozenset({S.NEW, S.PARTIALLY_FILLED, S.FILLED, S.CANCELED, S.EXPIRED, S.EXPIRED_IN_MATCH}),
+    S.PARTIALLY_FILLED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.CANCELED, S.EXPIRED, S.EXPIRED_IN_MATCH}),
+}
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+class ClientIdGenerator:
+    """Deterministic ids: prefix + boot stamp + sequence, within Binance's 36 chars of [A-Za-z0-9_-]."""
+
+    def __init__(self, prefix: str, boot_ms: int, start: int = 0) -> None:
+        self._base = f"{prefix}{boot_ms:x}-"
+        self._seq = start
+
+    def next(self) -> str:
+        self._seq += 1
+        return f"{self._base}{self._seq:x}"
+
+
+@dataclass(slots=True)
+class Position:
+    qty: Decimal = ZERO
+    avg_price: Decimal = ZERO
+    realized: Decimal = ZERO
+    fees_quote: Decimal = ZERO
+
+    def apply(self, side: Side, price: Decimal, qty: Decimal) -> None:
+        signed = qty if side is Side.BUY else -qty
+        if self.qty == ZERO or (self.qty > 0) == (signed > 0):
+            new_qty = self.qty + signed
+            self.avg_price = (self.avg_price * abs(self.qty) + price * qty) / abs(new_qty)
+            self.qty = new_qty
+            return
+        closing = min(qty, abs(self.qty))
+        direction = 1 if self.qty > 0 else -1
+        self.realized += (price - self.avg_price) * closing * direction
+        self.qty += signed
+        if self.qty == ZERO:
+            self.avg_price = ZERO
+        elif (self.qty > 0) != (direction > 0):
+            self.avg_price = price  # flipped through zero: the remainder opened at this price
+
+    def unrealized(self, mark: Decimal | None) -> Decimal:
+        if mark is None or self.qty == ZERO:
+            return ZERO
+        return (mark - self.avg_price) * self.qty
+
+
+class OrderTracker:
+    """Tracks every order we created, the in-flight set, fills (deduplicated) and positions.
+
+    Implements the views the strategy and the risk engine read.
+    """
+
+    def __init__(self, ids: ClientIdGenerator, quote_assets: dict[str, str] | None = None) -> None:
+        self.ids = ids
+        self.orders: dict[str, Order] = {}
+        self.in_flight: set[str] = set()
+        self.positions: dict[str, Position] = {}
+        self.marks: dict[str, Decimal] = {}
+        self.seen_trades: set[tuple[str, int]] = set()
+        self._quote_assets = quote_assets or {}
+        self._open: dict[str, set[str]] = {}
+        self._day_baseline = ZERO
+        self.duplicate_fills = 0
+
+    # -- creation and transitions ------------------------------------------------------------
+    def create(self, intent: OrderIntent, now_ms: int) -> Order:
+        order = Order(
+            client_order_id=self.ids.next(),
+            symbol=intent.symbol,
+            side=intent.side,
+            order_type=intent.order_type,
+            qty=intent.qty,
+            price=intent.price,
+            created_ms=now_ms,
+            updated_ms=now_ms,
+        )
+        self.add(order)
+        return order
+
+    def add(self, order: Order) -> None:
+        """Register an order (new, loaded from the database, or adopted from the venue)."""
+        self.orders[order.client_order_id] = order
+        if order.status.is_open:
+            self._open.setdefault(order.symbol, set()).add(order.client_order_id)
+
+    def transition(
+        self,
+        order: Order,
+        status: OrderStatus,
+        now_ms: int,
+        exchange_order_id: int | None = None,
+        executed_qty: Decimal | None = None,
+        reason: str = "",
+    ) -> bool:
+        """Move an order to `status`. Returns True if anything changed.
+
+        Terminal orders ignore late updates (a stale query answer must not reopen them), except that
+        the executed quantity may only grow: a cancel/fill race must never hide a fill.
+        """
+        changed = False
+        if executed_qty is not None and executed_qty > order.executed_qty:
+            order.executed_qty = executed_qty
+            changed = True
+        if exchange_order_id is not None and order.exchange_order_id != exchange_order_id:
+            order.exchange_order_id = exchange_order_id
+            changed = True
+        if status is not order.status:
+            allowed = _ALLOWED.get(order.status, frozenset())
+            if status not in allowed:
+                if order.status.is_terminal:
+                    if changed:
+                        order.updated_ms = now_ms
+                    return changed
+                raise InvalidTransition(f"{order.client_order_id}: {order.status} -> {status}")
+            order.status = status
+            changed = True
+            if reason:
+                order.reason = reason
+            if status.is_terminal:
+                self._open.get(order.symbol, set()).discard(order.client_order_id)
+                self.in_flight.discard(order.client_order_id)
+        if changed:
+            order.updated_ms = now_ms
+        return changed
+
+    # -- fills ---------------------------------------------------------------------------------
+    def apply_fill(self, fill: Fill) -> bool:
+        """Apply a fill once. Fills arrive from order queries, trade polling and reconciliation."""
+        key = (fill.symbol, fill.trade_id)
+        if key in self.seen_trades:
+            self.duplicate_fills += 1
+            return False
+        self.seen_trades.add(key)
+        pos = self.positions.setdefault(fill.symbol, Position())
+        pos.apply(fill.side, fill.price, fill.qty)
+        if fill.commission:
+            if fill.commission_asset == self._quote_assets.get(fill.symbol):
+                pos.fees_quote += fill.commission
+            elif fill.commission_asset and fill.commission_asset != self._quote_assets.get(fill.symbol):
+                pos.qty -= fill.commission  # fee taken in base: the holding really is smaller
+        order = self.orders.get(fill.client_order_id)
+        if order is not None:
+            order.fill_ids.add(fill.trade_id)
+            order.filled_qty += fill.qty
+        return True
+
+    def load_fills(self, fills: Iterable[Fill]) -> None:
+        for fill in fills:
+            self.apply_fill(fill)
+
+    # -- views ---------------------------------------------------------------------------------
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        if symbol is None:
+            return [self.orders[c] for ids in self._open.values() for c in ids]
+        return [self.orders[c] for c in self._open.get(symbol, ())]
+
+    def unresolved(self) -> list[Order]:
+        return [o for o in self.open_orders() if o.status in (OrderStatus.PENDING, OrderStatus.UNKNOWN)]
+
+    def open_order_count(self, symbol: str) -> int:
+        return len(self._open.get(symbol, ()))
+
+    def position(self, symbol: str) -> Decimal:
+        pos = self.positions.get(symbol)
+        return pos.qty if pos is not None else ZERO
+
+    def open_qty(self, symbol: str, side: Side) -> Decimal:
+        total = ZERO
+        for cid in self._open.get(symbol, ()):
+            o = self.orders[cid]
+            if o.side is side:
+                total += o.remaining
+        return total
+
+    def open_notional(self) -> Decimal:
+        total = ZERO
+        for ids in self._open.values():
+            for cid in ids:
+                o = self.orders[cid]
+                price = o.price if o.price is not None else self.marks.get(o.symbol, ZERO)
+                total += price * o.remaining
+        return total
+
+    def mark(self, symbol: str) -> Decimal | None:
+        return self.marks.get(symbol)
+
+    def position_notional(self) -> Decimal:
+        total = ZERO
+        for symbol, pos in self.positions.items():
+            mark = self.marks.get(symbol, pos.avg_price)
+            total += abs(pos.qty) * mark
+        return total
+
+    def total_pnl(self) -> Decimal:
+        return sum(
+            (p.realized - p.fees_quote + p.unrealized(self.marks.get(s)) for s, p in self.positions.items()),
+            ZERO,
+        )
+
+    def daily_pnl(self) -> Decimal:
+        return self.total_pnl() - self._day_baseline
+
+    def start_day(self) -> None:
+        self._day_baseline = self.total_pnl()

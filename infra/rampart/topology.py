@@ -1,0 +1,562 @@
+"""The topology model: load, validate and derive everything from ``inventory/<env>/topology.yml``.
+
+Pure: no I/O besides :func:`load` reading the one file. Every adapter (the Ansible inventory plugin and
+filters, the lab, the Pulumi program, the segmentation suite) consumes the objects built here, so the
+rules for *who may talk to whom* exist exactly once.
+
+Vocabulary
+- zone: a network with a CIDR. ``external`` zones are outside the platform; the ``management`` zone gives
+  every non-external host a second, out-of-band address; the ``vpn`` zone holds WireGuard peers.
+- host: lives in one home ``zone`` (plus the management zone, plus any ``also`` zones). The ``gateway``
+  host has a leg in every zone and routes between them.
+- service: a port on one or more hosts, listening on the host's management address (``plane: mgmt``) or
+  on its home-zone address (``plane: zone``).
+- flow: ``from`` (zones, hosts or ``platform``) → ``to`` (services). Nothing else is allowed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+SELECTOR_ALL = "all"
+SELECTOR_PLATFORM = "platform"
+CONTROLLER_ROLE = "controller"
+PROTOCOLS = ("tcp", "udp")
+PLANES = ("zone", "mgmt")
+# Host addresses are derived from a hash of the name, so adding a host never moves another one.
+FIRST_HOST_OFFSET = 10
+
+
+class TopologyError(ValueError):
+    """A topology that cannot be used. The message names the file, the key path and the problem."""
+
+    def __init__(self, source: str, path: str, problem: str):
+        self.source, self.path, self.problem = source, path, problem
+        super().__init__(f"{source}: {path}: {problem}")
+
+
+@dataclass(frozen=True)
+class Zone:
+    name: str
+    cidr: ipaddress.IPv4Network
+    external: bool = False
+    management: bool = False
+    vpn: bool = False
+    egress: bool = False
+
+    @property
+    def internal(self) -> bool:
+        return not self.external
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    zone: str
+    roles: tuple[str, ...]
+    also: tuple[str, ...] = ()
+    addresses: Mapping[str, ipaddress.IPv4Address] = field(default_factory=dict)
+
+    @property
+    def is_controller(self) -> bool:
+        return CONTROLLER_ROLE in self.roles
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    port: int
+    proto: str
+    plane: str
+    hosts: tuple[str, ...]
+    scrape: bool = False  # a Prometheus metrics endpoint
+
+
+@dataclass(frozen=True)
+class Flow:
+    sources: tuple[str, ...]  # zone names, host names or "platform", as written
+    services: tuple[str, ...]
+    why: str
+    index: int
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """One service instance: a port on one host, at the address that plane gives it."""
+
+    host: str
+    service: str
+    address: ipaddress.IPv4Address
+    port: int
+    proto: str
+    zone: str
+
+
+@dataclass(frozen=True, order=True)
+class Path_:
+    """How a packet from ``source`` reaches an endpoint: its source address as the target sees it,
+    and, when it crosses the gateway, the zones it enters and leaves by and whether it is NATed."""
+
+    source: str
+    src_address: ipaddress.IPv4Address | ipaddress.IPv4Network
+    via_gateway: bool
+    in_zone: str
+    out_zone: str
+    nat: bool
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """One allowed (source → endpoint) pair, the unit every firewall is rendered from."""
+
+    endpoint: Endpoint
+    path: Path_
+    why: str
+
+
+class Topology:
+    def __init__(self, name: str, domain: str, zones: dict[str, Zone], hosts: dict[str, Host],
+                 services: dict[str, Service], flows: list[Flow], gateway: str, source: str):
+        self.name, self.domain, self.source = name, domain, source
+        self.zones, self.hosts, self.services, self.flows = zones, hosts, services, flows
+        self.gateway = gateway
+
+    # ---- lookups -------------------------------------------------------------------------------
+    @property
+    def management_zone(self) -> Zone:
+        return next(z for z in self.zones.values() if z.management)
+
+    @property
+    def vpn_zone(self) -> Zone | None:
+        return next((z for z in self.zones.values() if z.vpn), None)
+
+    @property
+    def controller(self) -> Host:
+        return next(h for h in self.hosts.values() if h.is_controller)
+
+    def managed_hosts(self) -> list[Host]:
+        """Hosts Ansible manages: all but the controller."""
+        return [h for h in self.hosts.values() if not h.is_controller]
+
+    def access_address(self, host: str) -> ipaddress.IPv4Address:
+        """The address the controller uses for SSH: management if the host has one, else home zone."""
+        h = self.hosts[host]
+        return h.addresses.get(self.management_zone.name, h.addresses[h.zone])
+
+    def endpoints(self) -> list[Endpoint]:
+        out = []
+        for svc in self.services.values():
+            for host in svc.hosts:
+                h = self.hosts[host]
+                zone = self.management_zone.name if svc.plane == "mgmt" and \
+                    self.management_zone.name in h.addresses else h.zone
+                out.append(Endpoint(host, svc.name, h.addresses[zone], svc.port, svc.proto, zone))
+        return sorted(out)
+
+    def hosts_of(self, selector: str) -> list[str]:
+        """Expand a selector (host, zone, ``platform`` or ``all``) to host names."""
+        if selector in self.hosts:
+            return [selector]
+        if selector in self.zones:
+            return sorted(h.name for h in self.hosts.values() if h.zone == selector)
+        if selector == SELECTOR_PLATFORM:
+            return sorted(h.name for h in self.hosts.values()
+                          if self.zones[h.zone].internal and not self.zones[h.zone].management
+                          and not h.is_controller)
+        if selector == SELECTOR_ALL:
+            return sorted(h.name for h in self.hosts.values() if not h.is_controller)
+        raise KeyError(selector)
+
+    # ---- derivation ------------------------------------------------------------------------------
+    def path(self, source: str, endpoint: Endpoint) -> Path_:
+        """Route from a source host (or the vpn zone) to an endpoint."""
+        target_zone = endpoint.zone
+        if source in self.zones:  # only the vpn zone is a source without hosts
+            gw = self.hosts[self.gateway]
+            return Path_(source, self.zones[source].cidr, True, source, target_zone, False) \
+                if gw.name != endpoint.host else \
+                Path_(source, self.zones[source].cidr, False, source, source, False)
+        h = self.hosts[source]
+        if target_zone in h.addresses:  # directly connected
+            return Path_(source, h.addresses[target_zone], False, target_zone, target_zone, False)
+        if source == self.gateway:
+            return Path_(source, h.addresses[target_zone], False, target_zone, target_zone, False)
+        nat = self.zones[target_zone].external and self.zones[h.zone].internal
+        src = self.hosts[self.gateway].addresses[target_zone] if nat else h.addresses[h.zone]
+        if endpoint.host == self.gateway:  # the gateway is reached on its leg in the source's zone
+            return Path_(source, h.addresses[h.zone], False, h.zone, h.zone, False)
+        return Path_(source, src, True, h.zone, target_zone, nat)
+
+    def rules(self) -> list[Rule]:
+        """Every allowed (source, endpoint) pair with the route it takes. Self-traffic is excluded."""
+        return list(self._rules)
+
+    @functools.cached_property
+    def _rules(self) -> tuple[Rule, ...]:
+        endpoints = self.endpoints()
+        rules: dict[tuple[str, Endpoint], Rule] = {}
+        for flow in self.flows:
+            for sel in flow.sources:
+                sources = [sel] if sel in self.zones and self.zones[sel].vpn else self.hosts_of(sel)
+                for src in sources:
+                    for ep in endpoints:
+                        if ep.service in flow.services and ep.host != src and self._may_leave(src, ep):
+                            rules.setdefault((src, ep), Rule(ep, self.path(src, ep), flow.why))
+        return tuple(sorted(rules.values()))
+
+    def _may_leave(self, source: str, endpoint: Endpoint) -> bool:
+        """Traffic crosses from an internal zone to an external one only from zones declaring egress."""
+        if not self.zones[endpoint.zone].external:
+            return True
+        if source in self.zones:
+            return self.zones[source].egress
+        h = self.hosts[source]
+        return endpoint.zone in h.addresses or self.zones[h.zone].external or self.zones[h.zone].egress
+
+    def matrix(self) -> dict[tuple[str, Endpoint], bool]:
+        """The expected reachability of every (source host, endpoint) cell: True = must connect."""
+        allowed = {(r.path.source, r.endpoint) for r in self.rules()}
+        cells = {}
+        for src in sorted(self.hosts):
+            for ep in self.endpoints():
+                if ep.host != src:
+                    cells[(src, ep)] = (src, ep) in allowed
+        return cells
+
+    def inbound(self, host: str) -> list[Rule]:
+        return [r for r in self.rules() if r.endpoint.host == host]
+
+    def outbound(self, host: str) -> list[Rule]:
+        return [r for r in self.rules() if r.path.source == host]
+
+    def forwarded(self) -> list[Rule]:
+        """What the gateway forwards between zones (everything else it drops)."""
+        return [r for r in self.rules() if r.path.via_gateway]
+
+    def scrape_targets(self) -> dict[str, list[str]]:
+        """Prometheus jobs → ``address:port`` targets: every endpoint of every ``scrape: true`` service."""
+        jobs: dict[str, list[str]] = {}
+        for ep in self.endpoints():
+            if self.services[ep.service].scrape:
+                jobs.setdefault(ep.service, []).append(f"{ep.address}:{ep.port}")
+        return {k: sorted(v) for k, v in sorted(jobs.items())}
+
+    def host_routes(self, host: str) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address]]:
+        """Extra routes a host needs: replies to VPN peers go back the way they came (via the gateway's
+        management leg), so strict reverse-path filtering keeps working."""
+        h = self.hosts[host]
+        vpn, mgmt = self.vpn_zone, self.management_zone
+        if vpn is None or host == self.gateway or mgmt.name not in h.addresses:
+            return []
+        return [(vpn.cidr, self.hosts[self.gateway].addresses[mgmt.name])]
+
+    def default_gateway(self, host: str) -> ipaddress.IPv4Address | None:
+        """Internal hosts route via the gateway's leg in their zone; external ones via the zone's .1."""
+        h = self.hosts[host]
+        if host == self.gateway or h.is_controller:
+            return None
+        zone = self.zones[h.zone]
+        if zone.external:
+            return next(zone.cidr.hosts())
+        return self.hosts[self.gateway].addresses[h.zone]
+
+
+# ---- loading and validation ----------------------------------------------------------------------
+
+class _Checker:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, problem: str) -> TopologyError:
+        return TopologyError(self.source, path, problem)
+
+    def mapping(self, value: Any, path: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
+        return value
+
+    def name(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or not value or not set(value) <= NAME_CHARS or value[0] in "-_":
+            raise self.fail(path, f"invalid name {value!r}: use lower-case letters, digits, '-' and '_'")
+        return value
+
+    def names(self, value: Any, path: str) -> tuple[str, ...]:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.fail(path, "must not be empty")
+        return tuple(self.name(v, f"{path}[{i}]" if isinstance(value, list) else path)
+                     for i, v in enumerate(items))
+
+    def only_keys(self, value: dict, allowed: set[str], path: str, required: Iterable[str] = ()) -> None:
+        for key in value:
+            if key not in allowed:
+                raise self.fail(f"{path}.{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        for key in required:
+            if key not in value:
+                raise self.fail(f"{path}.{key}", "missing required key")
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def load(path: str | Path) -> Topology:
+    """Read and validate a topology file; raise :class:`TopologyError` on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TopologyError(str(path), "(file)", f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(file)"
+        raise TopologyError(str(path), where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse(data, str(path))
+
+
+def parse(data: Any, source: str = "<topology>") -> Topology:
+    c = _Checker(source)
+    top = c.mapping(data, "(top)")
+    c.only_keys(top, {"plugin", "name", "domain", "zones", "gateway", "hosts", "services", "flows"},
+                "(top)", required=("name", "zones", "gateway", "hosts", "services", "flows"))
+    name = c.name(top["name"], "name")
+    domain = str(top.get("domain", f"{name}.rampart.internal"))
+    zones = _parse_zones(c, top["zones"])
+    hosts = _parse_hosts(c, top["hosts"], zones)
+    gateway = c.name(top["gateway"], "gateway")
+    if gateway not in hosts:
+        raise c.fail("gateway", f"unknown host {gateway!r}")
+    hosts = _assign_addresses(c, zones, hosts, gateway)
+    services = _parse_services(c, top["services"], zones, hosts)
+    flows = _parse_flows(c, top["flows"], zones, hosts, services)
+    topo = Topology(name, domain, zones, hosts, services, flows, gateway, source)
+    _check_whole(c, topo)
+    return topo
+
+
+def _parse_zones(c: _Checker, raw: Any) -> dict[str, Zone]:
+    zones: dict[str, Zone] = {}
+    for zname, spec in c.mapping(raw, "zones").items():
+        p = f"zones.{zname}"
+        c.name(zname, p)
+        spec = c.mapping(spec, p)
+        c.only_keys(spec, {"cidr", "external", "management", "vpn", "egress"}, p, required=("cidr",))
+        try:
+            cidr = ipaddress.IPv4Network(str(spec["cidr"]), strict=True)
+        except ValueError as exc:
+            raise c.fail(f"{p}.cidr", f"not an IPv4 network: {exc}") from None
+        if cidr.num_addresses < 16:
+            raise c.fail(f"{p}.cidr", f"{cidr} is too small (need at least a /28)")
+        flags = {}
+        for flag in ("external", "management", "vpn", "egress"):
+            value = spec.get(flag, False)
+            if not isinstance(value, bool):
+                raise c.fail(f"{p}.{flag}", f"expected true or false, got {value!r}")
+            flags[flag] = value
+        if sum(flags[f] for f in ("external", "management", "vpn")) > 1:
+            raise c.fail(p, "a zone can be only one of external, management, vpn")
+        for other in zones.values():
+            if cidr.overlaps(other.cidr):
+                raise c.fail(f"{p}.cidr", f"{cidr} overlaps zone {other.name!r} ({other.cidr})")
+        zones[zname] = Zone(zname, cidr, **flags)
+    for kind in ("management",):
+        count = sum(getattr(z, kind) for z in zones.values())
+        if count != 1:
+            raise c.fail("zones", f"exactly one zone must be marked {kind}: true (found {count})")
+    if sum(z.vpn for z in zones.values()) > 1:
+        raise c.fail("zones", "at most one zone may be marked vpn: true")
+    return zones
+
+
+def _parse_hosts(c: _Checker, raw: Any, zones: dict[str, Zone]) -> dict[str, Host]:
+    hosts: dict[str, Host] = {}
+    for hname, spec in c.mapping(raw, "hosts").items():
+        p = f"hosts.{hname}"
+        c.name(hname, p)
+        if hname in zones or hname in (SELECTOR_ALL, SELECTOR_PLATFORM):
+            raise c.fail(p, f"host name {hname!r} clashes with a zone name or keyword")
+        spec = c.mapping(spec, p)
+        c.only_keys(spec, {"zone", "roles", "also", "address"}, p, required=("zone",))
+        zone = c.name(spec["zone"], f"{p}.zone")
+        if zone not in zones:
+            raise c.fail(f"{p}.zone", f"unknown zone {zone!r} (zones: {', '.join(zones)})")
+        if zones[zone].vpn:
+            raise c.fail(f"{p}.zone", "hosts cannot live in the vpn zone; peers are declared to the VPN role")
+        roles = c.names(spec.get("roles", []), f"{p}.roles") if spec.get("roles") else ()
+        also = c.names(spec["also"], f"{p}.also") if spec.get("also") else ()
+        for i, z in enumerate(also):
+            if z not in zones:
+                raise c.fail(f"{p}.also[{i}]", f"unknown zone {z!r}")
+        pinned = {}
+        if "address" in spec:
+            try:
+                addr = ipaddress.IPv4Address(str(spec["address"]))
+            except ValueError as exc:
+                raise c.fail(f"{p}.address", str(exc)) from None
+            if addr not in zones[zone].cidr:
+                raise c.fail(f"{p}.address", f"{addr} is outside zone {zone!r} ({zones[zone].cidr})")
+            pinned[zone] = addr
+        hosts[hname] = Host(hname, zone, roles, also, pinned)
+    controllers = [h.name for h in hosts.values() if h.is_controller]
+    if len(controllers) != 1:
+        raise c.fail("hosts", f"exactly one host must have the controller role (found {len(controllers)})")
+    return hosts
+
+
+def _assign_addresses(c: _Checker, zones: dict[str, Zone], hosts: dict[str, Host],
+                      gateway: str) -> dict[str, Host]:
+    """Stable address plan. The gateway is .1 in every internal zone; the controller is .1 in the zones it
+    joins (the management zone, and in the lab the simulated internet, whose upstream it plays); everyone
+    else gets an address derived from a hash of its name, probing upward on collision."""
+    mgmt = next(z for z in zones.values() if z.management)
+    legs: dict[str, list[str]] = {}
+    for h in hosts.values():
+        zs = [h.zone, *h.also]
+        if h.name == gateway:
+            zs = [h.zone] + [z.name for z in zones.values() if z.name != h.zone]
+        elif not zones[h.zone].external and mgmt.name not in zs:
+            zs.append(mgmt.name)
+        legs[h.name] = zs
+    taken: dict[str, dict[ipaddress.IPv4Address, str]] = {z: {} for z in zones}
+
+    def claim(zone: str, addr: ipaddress.IPv4Address, owner: str, path: str) -> None:
+        if addr in taken[zone]:
+            raise c.fail(path, f"address {addr} in zone {zone!r} is already used by {taken[zone][addr]!r}")
+        taken[zone][addr] = owner
+
+    first = {z: next(zones[z].cidr.hosts()) for z in zones}
+    for h in hosts.values():
+        for z in legs[h.name]:
+            if h.is_controller or (h.name == gateway and zones[z].internal and not zones[z].management):
+                claim(z, first[z], h.name, f"hosts.{h.name}")
+        for z, addr in h.addresses.items():
+            claim(z, addr, h.name, f"hosts.{h.name}.address")
+    for z in zones.values():  # an external zone's .1 is its upstream router (the controller in the lab)
+        if z.external and first[z.name] not in taken[z.name]:
+            taken[z.name][first[z.name]] = "(upstream)"
+    out = {}
+    for h in sorted(hosts.values(), key=lambda h: h.name):
+        addrs = {}
+        for z in legs[h.name]:
+            mine = [a for a, owner in taken[z].items() if owner == h.name]
+            if mine:
+                addrs[z] = mine[0]
+                continue
+            net = zones[z].cidr
+            span = net.num_addresses - FIRST_HOST_OFFSET - 1
+            digest = int.from_bytes(hashlib.sha256(h.name.encode()).digest()[:8], "big")
+            for step in range(span):
+                addr = net.network_address + FIRST_HOST_OFFSET + (digest + step) % span
+                if addr not in taken[z]:
+                    break
+            else:
+                raise c.fail(f"zones.{z}.cidr", f"{net} has no free address left for host {h.name!r}")
+            taken[z][addr] = h.name
+            addrs[z] = addr
+        out[h.name] = Host(h.name, h.zone, h.roles, tuple(legs[h.name][1:]), addrs)
+    return out
+
+
+def _parse_services(c: _Checker, raw: Any, zones: dict[str, Zone], hosts: dict[str, Host]) -> dict[str, Service]:
+    services: dict[str, Service] = {}
+    listening: dict[tuple[str, int, str], str] = {}
+    probe = Topology("probe", "", zones, hosts, {}, [], "", c.source)
+    for sname, spec in c.mapping(raw, "services").items():
+        p = f"services.{sname}"
+        c.name(sname, p)
+        spec = c.mapping(spec, p)
+        c.only_keys(spec, {"port", "proto", "plane", "hosts", "scrape"}, p, required=("port", "hosts"))
+        port = spec["port"]
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise c.fail(f"{p}.port", f"expected a port number 1-65535, got {port!r}")
+        proto = spec.get("proto", "tcp")
+        if proto not in PROTOCOLS:
+            raise c.fail(f"{p}.proto", f"expected one of {', '.join(PROTOCOLS)}, got {proto!r}")
+        plane = spec.get("plane", "zone")
+        if plane not in PLANES:
+            raise c.fail(f"{p}.plane", f"expected one of {', '.join(PLANES)}, got {plane!r}")
+        on: list[str] = []
+        for i, sel in enumerate(c.names(spec["hosts"], f"{p}.hosts")):
+            try:
+                on.extend(probe.hosts_of(sel))
+            except KeyError:
+                raise c.fail(f"{p}.hosts[{i}]" if isinstance(spec["hosts"], list) else f"{p}.hosts",
+                             f"unknown host or zone {sel!r}") from None
+        on = sorted(set(on))
+        if not on:
+            raise c.fail(f"{p}.hosts", "selects no host")
+        for host in on:
+            key = (host, port, proto)
+            if key in listening:
+                raise c.fail(f"{p}.port", f"{proto}/{port} on {host!r} is already taken by {listening[key]!r}")
+            listening[key] = sname
+        scrape = spec.get("scrape", False)
+        if not isinstance(scrape, bool):
+            raise c.fail(f"{p}.scrape", f"expected true or false, got {scrape!r}")
+        services[sname] = Service(sname, port, proto, plane, tuple(on), scrape)
+    return services
+
+
+def _parse_flows(c: _Checker, raw: Any, zones: dict[str, Zone], hosts: dict[str, Host],
+                 services: dict[str, Service]) -> list[Flow]:
+    if not isinstance(raw, list):
+        raise c.fail("flows", f"expected a list, got {_kind(raw)}")
+    flows = []
+    for i, spec in enumerate(raw):
+        p = f"flows[{i}]"
+        spec = c.mapping(spec, p)
+        c.only_keys(spec, {"from", "to", "why"}, p, required=("from", "to", "why"))
+        sources = c.names(spec["from"], f"{p}.from")
+        for j, s in enumerate(sources):
+            if s not in zones and s not in hosts and s != SELECTOR_PLATFORM:
+                raise c.fail(f"{p}.from" + (f"[{j}]" if isinstance(spec["from"], list) else ""),
+                             f"unknown zone or host {s!r}")
+        targets = c.names(spec["to"], f"{p}.to")
+        for j, t in enumerate(targets):
+            if t not in services:
+                raise c.fail(f"{p}.to" + (f"[{j}]" if isinstance(spec["to"], list) else ""),
+                             f"unknown service {t!r} (services: {', '.join(services)})")
+        why = spec["why"]
+        if not isinstance(why, str) or not why.strip():
+            raise c.fail(f"{p}.why", "give a one-line reason for the flow")
+        flows.append(Flow(sources, targets, why.strip(), i))
+    return flows
+
+
+def _check_whole(c: _Checker, topo: Topology) -> None:
+    for z in topo.zones.values():
+        if z.vpn:
+            continue
+        if not any(z.name in h.addresses and (h.name != topo.gateway or h.zone == z.name)
+                   for h in topo.hosts.values()):
+            raise c.fail(f"zones.{z.name}", "zone has no hosts")
+    for flow in topo.flows:
+        for s in flow.sources:
+            if s in topo.zones and topo.zones[s].vpn:
+                continue
+            if s in topo.zones and not topo.hosts_of(s):
+                raise c.fail(f"flows[{flow.index}].from", f"zone {s!r} has no hosts to send from")
+    used = {(r.endpoint.service, r.why) for r in topo.rules()}
+    for flow in topo.flows:
+        if not any((svc, flow.why) in used for svc in flow.services):
+            raise c.fail(f"flows[{flow.index}]", "allows nothing: its sources cannot reach any instance of "
+                         f"{', '.join(flow.services)} (leaving the platform needs egress: true on the zone)")
+    if "ssh" not in topo.services:
+        raise c.fail("services", "no 'ssh' service: the controller would have no way in")
+    unreachable = [h.name for h in topo.managed_hosts()
+                   if not any(r.path.source == topo.controller.name and r.endpoint.host == h.name
+                              and r.endpoint.service == "ssh" for r in topo.rules())]
+    if unreachable:
+        raise c.fail("flows", f"no flow lets the controller reach ssh on {', '.join(unreachable)}: "
+                     "it would be locked out")
