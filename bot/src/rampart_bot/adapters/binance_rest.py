@@ -6,7 +6,6 @@ accepted it), never that it failed. Callers get `UnknownOutcome` and must resolv
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import time
@@ -157,7 +156,7 @@ class BinanceRest:
                 body = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransportError(repr(exc)) from exc
         if status == 200:
             return orjson.loads(body)
@@ -207,7 +206,9 @@ class BinanceRest:
             raise UnknownOutcome(exc) from exc
 
     async def query_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
-        return await self._request("GET", "/api/v3/order", {"symbol": symbol, "origClientOrderId": client_order_id})
+        return await self._request(
+            "GET", "/api/v3/order", {"symbol": symbol, "origClientOrderId": client_order_id}
+        )
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
         return await self._request(
@@ -223,9 +224,13 @@ class BinanceRest:
     async def open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
         return await self._request("GET", "/api/v3/openOrders", {"symbol": symbol} if symbol else None)
 
-    async def my_trades(self, symbol: str, from_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    async def my_trades(
+        self, symbol: str, from_id: int | None = None, order_id: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"symbol": symbol, "limit": limit}
-        if from_id is not None:
+        if order_id is not None:
+            params["orderId"] = order_id
+        elif from_id is not None:
             params["fromId"] = from_id
         return await self._request("GET", "/api/v3/myTrades", params)
 

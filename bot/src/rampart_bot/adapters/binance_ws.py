@@ -212,7 +212,9 @@ class MarketDataClient:
                     self._reconnect_now = False
                     continue
                 delay = self.backoff.next_delay()
-                log.warning("market data disconnected", extra={"reason": reason, "retry_in_s": round(delay, 3)})
+                log.warning(
+                    "market data disconnected", extra={"reason": reason, "retry_in_s": round(delay, 3)}
+                )
                 await asyncio.sleep(delay)
         finally:
             watchdog.cancel()
@@ -226,7 +228,7 @@ class MarketDataClient:
                 # A stalled peer never answers our close frame: do not wait long for it.
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=min(1.0, self.stale_after_s)),
             )
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return f"connect_failed:{type(exc).__name__}"
         self._ws = ws
         self._opened_monotonic = time.monotonic()
@@ -259,7 +261,7 @@ class MarketDataClient:
                     return "closed_by_server"
                 if msg.type is aiohttp.WSMsgType.ERROR:
                     return "socket_error"
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return f"error:{type(exc).__name__}"
         finally:
             self.connected = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
 ZERO = Decimal(0)
@@ -120,18 +120,11 @@ class Order:
     status: OrderStatus = OrderStatus.PENDING
     exchange_order_id: int | None = None
     executed_qty: Decimal = ZERO
-    filled_qty: Decimal = ZERO  # sum of deduplicated fills we have actually seen
     created_ms: int = 0
     updated_ms: int = 0
     reason: str = ""
     submit_attempts: int = 0
-    fill_ids: set[int] = field(default_factory=set)
 
     @property
     def remaining(self) -> Decimal:
         return self.qty - self.executed_qty
-
-    @property
-    def fills_complete(self) -> bool:
-        """True once every fill the venue reported as executed has been seen by trade id."""
-        return self.filled_qty >= self.executed_qty

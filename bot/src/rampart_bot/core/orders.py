@@ -11,7 +11,16 @@ from .model import ZERO, Fill, Order, OrderIntent, OrderStatus, Side
 S = OrderStatus
 _ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.PENDING: frozenset(
-        {S.UNKNOWN, S.NEW, S.PARTIALLY_FILLED, S.FILLED, S.REJECTED, S.CANCELED, S.EXPIRED, S.EXPIRED_IN_MATCH}
+        {
+            S.UNKNOWN,
+            S.NEW,
+            S.PARTIALLY_FILLED,
+            S.FILLED,
+            S.REJECTED,
+            S.CANCELED,
+            S.EXPIRED,
+            S.EXPIRED_IN_MATCH,
+        }
     ),
     S.UNKNOWN: frozenset(
         {S.NEW, S.PARTIALLY_FILLED, S.FILLED, S.REJECTED, S.CANCELED, S.EXPIRED, S.EXPIRED_IN_MATCH}
@@ -79,8 +88,12 @@ class OrderTracker:
         self.positions: dict[str, Position] = {}
         self.marks: dict[str, Decimal] = {}
         self.seen_trades: set[tuple[str, int]] = set()
+        self.max_trade_id: dict[str, int] = {}
+        # Fills keyed by the venue's order id: a fill may arrive before we learn that id (in-flight ack).
+        self.fills_by_order: dict[tuple[str, int], list[Fill]] = {}
         self._quote_assets = quote_assets or {}
         self._open: dict[str, set[str]] = {}
+        self.by_exchange_id: dict[tuple[str, int], Order] = {}
         self._day_baseline = ZERO
         self.duplicate_fills = 0
 
@@ -102,8 +115,15 @@ class OrderTracker:
     def add(self, order: Order) -> None:
         """Register an order (new, loaded from the database, or adopted from the venue)."""
         self.orders[order.client_order_id] = order
+        if order.exchange_order_id is not None:
+            self.by_exchange_id[(order.symbol, order.exchange_order_id)] = order
         if order.status.is_open:
             self._open.setdefault(order.symbol, set()).add(order.client_order_id)
+
+    def forget(self, order: Order) -> None:
+        """Drop our copy of an order (reconciliation replaces it with the venue's version)."""
+        self.orders.pop(order.client_order_id, None)
+        self._open.get(order.symbol, set()).discard(order.client_order_id)
 
     def transition(
         self,
@@ -125,6 +145,7 @@ class OrderTracker:
             changed = True
         if exchange_order_id is not None and order.exchange_order_id != exchange_order_id:
             order.exchange_order_id = exchange_order_id
+            self.by_exchange_id[(order.symbol, exchange_order_id)] = order
             changed = True
         if status is not order.status:
             allowed = _ALLOWED.get(order.status, frozenset())
@@ -160,11 +181,21 @@ class OrderTracker:
                 pos.fees_quote += fill.commission
             elif fill.commission_asset and fill.commission_asset != self._quote_assets.get(fill.symbol):
                 pos.qty -= fill.commission  # fee taken in base: the holding really is smaller
-        order = self.orders.get(fill.client_order_id)
-        if order is not None:
-            order.fill_ids.add(fill.trade_id)
-            order.filled_qty += fill.qty
+        if fill.trade_id > self.max_trade_id.get(fill.symbol, -1):
+            self.max_trade_id[fill.symbol] = fill.trade_id
+        self.fills_by_order.setdefault((fill.symbol, fill.order_id), []).append(fill)
         return True
+
+    def filled_qty(self, order: Order) -> Decimal:
+        """Quantity covered by fills we have actually seen (deduplicated) for this order."""
+        if order.exchange_order_id is None:
+            return ZERO
+        return sum(
+            (f.qty for f in self.fills_by_order.get((order.symbol, order.exchange_order_id), ())), ZERO
+        )
+
+    def fills_complete(self, order: Order) -> bool:
+        return self.filled_qty(order) >= order.executed_qty
 
     def load_fills(self, fills: Iterable[Fill]) -> None:
         for fill in fills:

@@ -1,0 +1,332 @@
+"""Orders, fills, positions, balances and an event log in SQL (SQLite or PostgreSQL, one code path).
+
+Decimals are stored as text so both databases round-trip them exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..core.model import Fill, Order, OrderStatus, OrderType, Side
+from ..core.orders import Position
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_ms", BigInteger, nullable=False),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("client_order_id", String(36), primary_key=True),
+    Column("symbol", String(20), nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("order_type", String(10), nullable=False),
+    Column("qty", String(40), nullable=False),
+    Column("price", String(40)),
+    Column("status", String(20), nullable=False),
+    Column("exchange_order_id", BigInteger),
+    Column("executed_qty", String(40), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+)
+
+fills = Table(
+    "fills",
+    metadata,
+    Column("symbol", String(20), primary_key=True),
+    Column("trade_id", BigInteger, primary_key=True),
+    Column("order_id", BigInteger, nullable=False),
+    Column("client_order_id", String(36), nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("price", String(40), nullable=False),
+    Column("qty", String(40), nullable=False),
+    Column("commission", String(40), nullable=False),
+    Column("commission_asset", String(16), nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+positions = Table(
+    "positions",
+    metadata,
+    Column("symbol", String(20), primary_key=True),
+    Column("qty", String(40), nullable=False),
+    Column("avg_price", String(40), nullable=False),
+    Column("realized", String(40), nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+balances = Table(
+    "balances",
+    metadata,
+    Column("asset", String(16), primary_key=True),
+    Column("free", String(40), nullable=False),
+    Column("locked", String(40), nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[orders, fills, events])
+
+
+def _v2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[positions, balances])
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_orders_status ON orders (status)"))
+
+
+# Append only. Each step runs once, in its own transaction, and is recorded in schema_migrations.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _s(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+            kwargs["pool_size"] = 2
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._insert = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version."""
+        metadata.create_all(self.engine, tables=[schema_migrations])
+        with self.engine.connect() as conn:
+            applied = set(conn.execute(select(schema_migrations.c.version)).scalars())
+        for version, step in MIGRATIONS:
+            if version in applied:
+                continue
+            with self.engine.begin() as conn:
+                step(conn)
+                conn.execute(schema_migrations.insert().values(version=version, applied_ms=_now_ms()))
+        return MIGRATIONS[-1][0]
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(
+                    select(schema_migrations.c.version).order_by(schema_migrations.c.version.desc())
+                ).scalar()
+                or 0
+            )
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- orders --------------------------------------------------------------------------------
+    @staticmethod
+    def _order_row(o: Order) -> dict[str, Any]:
+        return {
+            "client_order_id": o.client_order_id,
+            "symbol": o.symbol,
+            "side": o.side.value,
+            "order_type": o.order_type.value,
+            "qty": str(o.qty),
+            "price": _s(o.price),
+            "status": o.status.value,
+            "exchange_order_id": o.exchange_order_id,
+            "executed_qty": str(o.executed_qty),
+            "created_ms": o.created_ms,
+            "updated_ms": o.updated_ms,
+            "reason": o.reason,
+        }
+
+    def insert_order(self, order: Order) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(orders.insert(), self._order_row(order))
+
+    def save_order(self, order: Order) -> None:
+        row = self._order_row(order)
+        stmt = self._insert(orders).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[orders.c.client_order_id],
+            set_={k: stmt.excluded[k] for k in row if k != "client_order_id"},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def load_orders(self) -> list[Order]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(orders)).mappings().all()
+        return [
+            Order(
+                client_order_id=r["client_order_id"],
+                symbol=r["symbol"],
+                side=Side(r["side"]),
+                order_type=OrderType(r["order_type"]),
+                qty=Decimal(r["qty"]),
+                price=Decimal(r["price"]) if r["price"] is not None else None,
+                status=OrderStatus(r["status"]),
+                exchange_order_id=r["exchange_order_id"],
+                executed_qty=Decimal(r["executed_qty"]),
+                created_ms=r["created_ms"],
+                updated_ms=r["updated_ms"],
+                reason=r["reason"] or "",
+            )
+            for r in rows
+        ]
+
+    # -- fills ---------------------------------------------------------------------------------
+    def insert_fill(self, fill: Fill) -> bool:
+        """Insert once per (symbol, trade id); returns False for a duplicate."""
+        stmt = (
+            self._insert(fills)
+            .values(
+                symbol=fill.symbol,
+                trade_id=fill.trade_id,
+                order_id=fill.order_id,
+                client_order_id=fill.client_order_id,
+                side=fill.side.value,
+                price=str(fill.price),
+                qty=str(fill.qty),
+                commission=str(fill.commission),
+                commission_asset=fill.commission_asset,
+                time_ms=fill.time_ms,
+            )
+            .on_conflict_do_nothing(index_elements=[fills.c.symbol, fills.c.trade_id])
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def load_fills(self) -> list[Fill]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(fills).order_by(fills.c.symbol, fills.c.trade_id)).mappings().all()
+        return [
+            Fill(
+                symbol=r["symbol"],
+                trade_id=r["trade_id"],
+                order_id=r["order_id"],
+                client_order_id=r["client_order_id"],
+                side=Side(r["side"]),
+                price=Decimal(r["price"]),
+                qty=Decimal(r["qty"]),
+                commission=Decimal(r["commission"]),
+                commission_asset=r["commission_asset"],
+                time_ms=r["time_ms"],
+            )
+            for r in rows
+        ]
+
+    def max_trade_id(self, symbol: str) -> int | None:
+        from sqlalchemy import func
+
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.max(fills.c.trade_id)).where(fills.c.symbol == symbol)).scalar()
+
+    # -- positions, balances, events -----------------------------------------------------------
+    def save_position(self, symbol: str, pos: Position) -> None:
+        row = {
+            "symbol": symbol,
+            "qty": str(pos.qty),
+            "avg_price": str(pos.avg_price),
+            "realized": str(pos.realized),
+            "updated_ms": _now_ms(),
+        }
+        stmt = self._insert(positions).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[positions.c.symbol], set_={k: stmt.excluded[k] for k in row if k != "symbol"}
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def save_balances(self, values: dict[str, tuple[Decimal, Decimal]]) -> None:
+        now = _now_ms()
+        with self.engine.begin() as conn:
+            for asset, (free, locked) in values.items():
+                row = {"asset": asset, "free": str(free), "locked": str(locked), "updated_ms": now}
+                stmt = self._insert(balances).values(row)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[balances.c.asset], set_={k: stmt.excluded[k] for k in row if k != "asset"}
+                )
+                conn.execute(stmt)
+
+    def load_balances(self) -> dict[str, tuple[Decimal, Decimal]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(balances)).mappings().all()
+        return {r["asset"]: (Decimal(r["free"]), Decimal(r["locked"])) for r in rows}
+
+    def log_event(self, kind: str, detail: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                events.insert().values(
+                    ts_ms=_now_ms(), kind=kind, detail=orjson.dumps(detail, default=str).decode()
+                )
+            )
+
+    def load_events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        query = select(events).order_by(events.c.id)
+        if kind is not None:
+            query = query.where(events.c.kind == kind)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [{"kind": r["kind"], "ts_ms": r["ts_ms"], "detail": orjson.loads(r["detail"])} for r in rows]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL + NORMAL: durable across process crashes, fast enough for persist-before-send.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()

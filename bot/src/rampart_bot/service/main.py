@@ -1,0 +1,107 @@
+"""`rampart-bot` console script."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from ..adapters.secrets import REQUIRED_SECRETS, SecretsError, StaticProvider
+from .config import BotConfig, ConfigError, load_config, parse_config
+from .logs import setup_logging
+from .runtime import BotRuntime, provider_for
+
+log = logging.getLogger("rampart_bot")
+
+# Demo credentials shared by `--paper-with-sim` and the simulator's defaults. They only ever
+# authenticate against the local simulator.
+DEMO_SECRETS = {
+    "api_key": "rampart-demo-key",
+    "api_secret": "rampart-demo-secret-not-for-production",
+    "operator_token": "rampart-demo-operator-token",
+}
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"rampart-bot: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rampart-bot", description="rampart trading bot")
+    parser.add_argument("--config", "-c", help="TOML config file (default: embedded paper-mode defaults)")
+    parser.add_argument(
+        "--paper-with-sim",
+        action="store_true",
+        help="run in paper mode against an in-process exchange simulator with demo secrets",
+    )
+    parser.add_argument("--check-config", action="store_true", help="validate config and secrets, then exit")
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = load_config(args.config) if args.config else parse_config({}, "<defaults>")
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}", 2)
+    setup_logging(cfg.log_level)
+
+    if args.paper_with_sim:
+        if cfg.mode != "paper":
+            return _fail("config error: --paper-with-sim requires mode = 'paper'", 2)
+        provider = StaticProvider(DEMO_SECRETS)
+    else:
+        provider = provider_for(cfg)
+    try:
+        secrets = asyncio.run(provider.load(REQUIRED_SECRETS))
+    except SecretsError as exc:
+        return _fail(f"secrets error: {exc}", 3)
+    if args.check_config:
+        print(f"rampart-bot: config OK ({cfg.mode} mode), secrets OK from {provider.description}")
+        return 0
+    try:
+        asyncio.run(_serve(cfg, secrets, args.paper_with_sim))
+    except _StartupError as exc:
+        return _fail(str(exc), 4)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+class _StartupError(Exception):
+    pass
+
+
+async def _serve(cfg: BotConfig, secrets: dict, with_sim: bool) -> None:  # type: ignore[type-arg]
+    sim = None
+    if with_sim:
+        from ..sim.server import SimServer
+
+        sim = SimServer(DEMO_SECRETS["api_key"], DEMO_SECRETS["api_secret"], tick_interval_s=0.05)
+        port = await sim.start("127.0.0.1", 0)
+        cfg.venue.rest_url = f"http://127.0.0.1:{port}"
+        cfg.venue.ws_url = f"ws://127.0.0.1:{port}"
+        if cfg.database_url == BotConfig().database_url:
+            cfg.database_url = f"sqlite:///{Path(tempfile.gettempdir()) / 'rampart-bot-paper.sqlite3'}"
+        log.info("paper mode against in-process simulator", extra={"sim_port": port, "db": cfg.database_url})
+    try:
+        runtime = await BotRuntime.start(cfg, secrets)
+    except OSError as exc:
+        raise _StartupError(f"cannot start: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. database unreachable: one line, no traceback
+        raise _StartupError(f"cannot start: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runtime.stop()
+    if sim is not None:
+        await sim.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Assembles config + secrets + adapters + engine + HTTP server; used by the CLI and by tests."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from ..adapters.binance_rest import BinanceRest
+from ..adapters.persistence import Store
+from ..adapters.secrets import (
+    REQUIRED_SECRETS,
+    CredentialsDirProvider,
+    DotEnvProvider,
+    Secret,
+    SecretsProvider,
+    VaultProvider,
+)
+from .app import build_app
+from .config import BotConfig
+from .engine import Engine
+
+log = logging.getLogger("rampart_bot")
+
+
+def provider_for(cfg: BotConfig) -> SecretsProvider:
+    s = cfg.secrets
+    if s.provider == "dotenv":
+        return DotEnvProvider(s.dotenv_path)
+    if s.provider == "vault":
+        v = s.vault
+        return VaultProvider(
+            v.addr,
+            v.role_id_file,
+            v.secret_id_file,
+            v.kv_mount,
+            v.kv_path,
+            v.approle_mount,
+            v.ca_file or None,
+        )
+    return CredentialsDirProvider(s.credentials_dir or None)
+
+
+@dataclass
+class BotRuntime:
+    cfg: BotConfig
+    secrets: dict[str, Secret]
+    session: aiohttp.ClientSession
+    store: Store
+    engine: Engine
+    runner: web.AppRunner
+    port: int
+
+    @classmethod
+    async def start(
+        cls, cfg: BotConfig, secrets: dict[str, Secret], http_port: int | None = None
+    ) -> BotRuntime:
+        missing = [n for n in REQUIRED_SECRETS if n not in secrets]
+        if missing:
+            raise ValueError(f"missing secrets: {missing}")
+        store = Store(cfg.database_url)
+        store.migrate()
+        # One connection per host is plenty; keep-alive is what makes order round trips fast.
+        connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(connector=connector)
+        rest = BinanceRest(
+            session,
+            cfg.venue.rest_url,
+            secrets["api_key"],
+            secrets["api_secret"],
+            recv_window_ms=cfg.venue.recv_window_ms,
+            timeout_s=cfg.venue.timeout_s,
+        )
+        engine = Engine(cfg, store, rest)
+        engine.secrets_loaded = True
+        runner = web.AppRunner(
+            build_app(engine, secrets["operator_token"]), access_log=None, handle_signals=False
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.http_host, cfg.http_port if http_port is None else http_port)
+        await site.start()
+        port = runner.addresses[0][1]
+        await engine.start(session)
+        log.info("rampart-bot started", extra={"http_port": port, "mode": cfg.mode, "db": store.dialect})
+        return cls(cfg, secrets, session, store, engine, runner, port)
+
+    async def stop(self) -> None:
+        await self.engine.shutdown()
+        await self.runner.cleanup()
+        await self.session.close()
+        self.store.close()
+        log.info("rampart-bot stopped")

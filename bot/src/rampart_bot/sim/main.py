@@ -1,0 +1,78 @@
+"""`rampart-exchange-sim` console script: the simulator as a standalone service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ..service.logs import setup_logging
+from .server import SimServer
+
+log = logging.getLogger("rampart_bot.sim")
+
+DEMO_KEY = "rampart-demo-key"
+DEMO_SECRET = "rampart-demo-secret-not-for-production"
+
+
+def _read_secret(path: str | None, cred_name: str) -> str | None:
+    if path:
+        return Path(path).read_text().strip()
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and (Path(cred_dir) / cred_name).is_file():
+        return (Path(cred_dir) / cred_name).read_text().strip()
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rampart-exchange-sim", description="Binance-Spot-format exchange simulator"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument(
+        "--tick-interval", type=float, default=0.1, help="seconds between price steps (0: off)"
+    )
+    parser.add_argument("--api-key-file", help="file holding the accepted API key (default: demo key)")
+    parser.add_argument("--api-secret-file", help="file holding the HMAC secret (default: demo secret)")
+    parser.add_argument("--seed", type=int, default=7, help="price process seed")
+    args = parser.parse_args(argv)
+    setup_logging("INFO")
+    try:
+        key = _read_secret(args.api_key_file, "sim_api_key")
+        secret = _read_secret(args.api_secret_file, "sim_api_secret")
+    except OSError as exc:
+        print(f"rampart-exchange-sim: cannot read key file: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 3
+    if key is None or secret is None:
+        log.warning("using the built-in demo API key and secret")
+        key, secret = DEMO_KEY, DEMO_SECRET
+    try:
+        asyncio.run(_serve(args, key, secret))
+    except OSError as exc:
+        print(f"rampart-exchange-sim: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 4
+    return 0
+
+
+async def _serve(args: argparse.Namespace, key: str, secret: str) -> None:
+    from .server import default_exchange
+
+    sim = SimServer(key, secret, exchange=default_exchange(args.seed), tick_interval_s=args.tick_interval)
+    port = await sim.start(args.host, args.port)
+    log.info("exchange simulator listening", extra={"host": args.host, "port": port})
+    print(f"READY {port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sim.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
