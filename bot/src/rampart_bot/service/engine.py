@@ -104,6 +104,7 @@ class Engine:
         self._day = self._utc_day()
         if cfg.start_halted:
             self.risk.halt("config:start_halted")
+        self.metrics.attach(self)
 
     # -- start / stop --------------------------------------------------------------------------
     def load_state(self) -> None:
@@ -610,6 +611,7 @@ class Engine:
             await self._check_db()
             self._update_degradations()
             if not self.reconciled:
+                await self._notify()  # readiness is time-dependent: let waiters re-check
                 continue
             try:
                 await self.sync_account()

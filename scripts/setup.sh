@@ -1,0 +1,48 @@
+#!/bin/bash
+# Prepare this machine for the lab and the tests: Debian packages and the project's virtualenv.
+# Idempotent and quiet when there is nothing to do. Run by `make lab` / `make test` (as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# Controller packages (Debian bookworm). wireguard-tools without recommends: they pull a 107 MB kernel.
+APT_PACKAGES=(python3-venv debootstrap systemd-container apt-cacher-ng nftables iproute2 openssh-client
+              wireguard-tools postgresql prometheus prometheus-alertmanager)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing Debian packages: ${missing[*]} — run as root (sudo make …) or install them" >&2
+    exit 2
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  # Package services (apt-cacher-ng, postgresql, prometheus) must not start on the controller: the lab
+  # and the tests run their own instances on their own addresses.
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    guard=/usr/sbin/policy-rc.d
+  fi
+  trap '[ -n "$guard" ] && rm -f "$guard"' EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || say "apt-get update failed; trying with the current package lists"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The project's virtualenv, pinned by requirements.lock; rebuilt when the pins change.
+stamp=.venv/.rampart-setup
+want=$(cat requirements.lock pyproject.toml bot/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  say "building the Python environment in .venv (pinned by requirements.lock; first run ~2 min)"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip==25.3 2>/dev/null || true
+  extras=(-e ".[dev]")
+  [ -f bot/pyproject.toml ] && extras+=(-e "bot[test]")
+  .venv/bin/pip install -q -c requirements.lock "${extras[@]}"
+  echo "$want" > "$stamp"
+fi
+say "ready"
