@@ -141,7 +141,7 @@ def _data_dirs(value: Any) -> dict[str, tuple[str, ...]]:
         paths = _strings(f"dataDirs.{role}", paths)
         for p in paths:
             if not p.startswith("/") or p.rstrip("/") in SYSTEM_PATHS:
-                raise ConfigError(f"dataDirs.{role}", f"{p!r}: use an absolute data directory, not a system path")
+                raise ConfigError(f"dataDirs.{role}", f"{p!r}: not an absolute data directory")
         out[str(role)] = paths
     return out
 
