@@ -52,12 +52,16 @@ class ParseStats:
 
 
 def _dec(value: object) -> Decimal:
-    if type(value) is not str or len(value) > 40:
-        raise TypeError("decimal field must be a short string")
-    d = Decimal(value)
-    if not d.is_finite() or d < 0:
-        raise ValueError("decimal field must be finite and non-negative")
-    return d
+    # Venue decimals are plain "123.45" strings. Requiring exactly that rejects NaN, Infinity,
+    # negatives and exponents (1e999999) in one cheap check, before Decimal() sees them.
+    if (
+        type(value) is not str
+        or len(value) > 40
+        or not value.isascii()
+        or not value.replace(".", "", 1).isdigit()
+    ):
+        raise ValueError("decimal field must be a short plain decimal string")
+    return Decimal(value)
 
 
 def _symbol(value: object) -> str:
