@@ -68,7 +68,7 @@ def pg_cluster() -> Iterator[PgCluster]:
     required = os.environ.get("RAMPART_REQUIRE_POSTGRES") == "1"
     bindir = _pg_bindir()
     if bindir is None:
-        msg = "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
+        msg = "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)"
         if required:
             pytest.fail(f"RAMPART_REQUIRE_POSTGRES=1 but {msg}")
         pytest.skip(msg)

@@ -245,9 +245,11 @@ class Store:
                 time_ms=fill.time_ms,
             )
             .on_conflict_do_nothing(index_elements=[fills.c.symbol, fills.c.trade_id])
+            .returning(fills.c.trade_id)
         )
         with self.engine.begin() as conn:
-            return conn.execute(stmt).rowcount == 1
+            # RETURNING yields a row only when the insert happened (rowcount is driver-dependent).
+            return conn.execute(stmt).first() is not None
 
     def load_fills(self) -> list[Fill]:
         with self.engine.connect() as conn:
