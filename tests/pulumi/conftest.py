@@ -123,7 +123,7 @@ def run_program(raw_config: dict[str, Any], stack: str = STACK, via_main: bool =
     outputs = exported()
     by_key = {(r.typ, r.name): r for r in mocks.registered}
     resources = []
-    for urn, reg in monitor.resources.items():
+    for urn in monitor.resources:
         typ, name = urn.split("::")[2].split("$")[-1], urn.split("::")[-1]
         args = by_key[(typ, name)]
         resources.append(Registered(typ, name, urn, bool(args.custom), dict(args.inputs)))

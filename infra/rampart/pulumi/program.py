@@ -132,7 +132,7 @@ class HostContainer(pulumi.ComponentResource):
 def project_root() -> Path:
     """Where Pulumi.yaml is: relative config paths are taken from there, whatever the working directory."""
     root = pulumi.get_root_directory() if hasattr(pulumi, "get_root_directory") else None
-    if root:
+    if root and (Path(root) / "Pulumi.yaml").is_file():
         return Path(root)
     here = Path.cwd()
     return next((p for p in (here, *here.parents) if (p / "Pulumi.yaml").is_file()), here)
@@ -207,5 +207,7 @@ def main() -> None:
         settings = config.parse(stack_config(), project_root())
     except config.ConfigError as exc:
         # RunError: the engine prints the message alone, without a Python traceback.
-        raise pulumi.RunError(f"{exc} (set it with: pulumi config set {exc.key} ...)") from None
+        how = f"pulumi config set --path {exc.key}" if "." in exc.key or "[" in exc.key \
+            else f"pulumi config set {exc.key}"
+        raise pulumi.RunError(f"{exc} (fix with: {how} ...)") from None
     build(settings, pulumi.get_stack(), project_root())
