@@ -43,6 +43,7 @@ class InventoryModule(BaseInventoryPlugin):
         except TopologyError as exc:
             raise AnsibleParserError(str(exc)) from None
         ctl = topo.controller
+        mgmt = topo.management_zone.name
         for zone in topo.zones:
             self.inventory.add_group(zone)
         for host in topo.managed_hosts():
@@ -63,8 +64,8 @@ class InventoryModule(BaseInventoryPlugin):
                 "rampart_addresses": {z: str(a) for z, a in host.addresses.items()},
                 # The controller's address on a network this host shares (apt proxy, time source).
                 "rampart_controller_address": str(next(
-                    (ctl.addresses[z] for z in host.addresses if z in ctl.addresses),
-                    topo.access_address(host.name))),
+                    (ctl.addresses[z] for z in sorted(host.addresses, key=lambda z: z != mgmt)
+                     if z in ctl.addresses), topo.access_address(host.name))),
             }
             for key, value in v.items():
                 self.inventory.set_variable(host.name, key, value)

@@ -139,11 +139,13 @@ class BinanceRest:
             return await self._request_once(method, path, params, signed)
 
     async def _request_once(self, method: str, path: str, params: dict[str, Any] | None, signed: bool) -> Any:
-        if self.banned:
-            raise IpBanned(418, None, "banned: not sending", 0.0)
         wait = self.blocked_until - time.monotonic()
         if wait > 0:
+            # Sending during a back-off window is what turns a 429 into a 418 ban.
+            if self.banned:
+                raise IpBanned(418, None, "banned: not sending", wait)
             raise RateLimited(429, None, "backing off", wait)
+        self.banned = False
         query = urlencode(params) if params else ""
         if signed:
             extra = f"recvWindow={self.recv_window_ms}&timestamp={self.now_ms()}"
@@ -180,11 +182,6 @@ class BinanceRest:
             raise ServerError(status, code, msg)
         cls = _CODE_MAP.get(code, VenueError) if code is not None else VenueError
         raise cls(status, code, msg)
-
-    def unban(self) -> None:
-        """Operator decision after a 418: allow requests again."""
-        self.banned = False
-        self.blocked_until = 0.0
 
     # -- endpoints -----------------------------------------------------------------------------
     async def new_order(self, order: Order) -> dict[str, Any]:

@@ -1,0 +1,47 @@
+# rampart — the two commands a newcomer needs: `make lab` and `make test` (run as root on Debian/Ubuntu).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+ENV ?= lab
+PLAYBOOK := $(BIN)/ansible-playbook -i inventory/$(ENV)
+
+.PHONY: setup lab lab-up converge summary lab-down test test-fast test-lab lint unit bench lock
+
+setup:                       ## Debian packages + pinned virtualenv (idempotent)
+	@scripts/setup.sh
+
+lab: setup lab-up converge summary   ## build the lab, converge site.yml, print what runs where
+
+lab-up: setup
+	@echo "== lab up"; $(BIN)/rampart --env $(ENV) lab up
+
+converge:
+	@echo "== converge playbooks/site.yml"; $(PLAYBOOK) playbooks/site.yml
+
+summary:
+	@$(BIN)/rampart --env $(ENV) lab summary
+
+lab-down: setup
+	@$(BIN)/rampart --env $(ENV) lab down
+
+test: setup test-fast test-lab   ## fast tier, then the lab tier
+
+test-fast: lint unit         ## no lab: lint, syntax, unit tests
+
+lint: setup
+	@echo "== ruff"; $(BIN)/ruff check infra plugins tests bot
+	@echo "== yamllint"; $(BIN)/yamllint -s .
+	@echo "== ansible syntax"; $(PLAYBOOK) --syntax-check playbooks/*.yml >/dev/null && echo ok
+	@echo "== ansible-lint (production profile)"; $(BIN)/ansible-lint --offline -q --profile production
+
+unit: setup
+	@echo "== unit tests"; scripts/pytest.sh tests/unit tests/pulumi bot/tests
+
+test-lab: setup              ## lab up, converge twice (idempotence), testinfra suites, lab down
+	@scripts/test-lab.sh
+
+bench: setup                 ## print the figures (not timed tests)
+	@scripts/bench.sh
+
+lock:                        ## refresh requirements.lock from the current virtualenv
+	$(BIN)/pip freeze --exclude-editable | grep -v '^rampart' > requirements.lock

@@ -1,0 +1,35 @@
+#!/bin/bash
+# The lab tier: build the lab, converge, prove idempotence, run the lab suites, and always tear down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+ENV=${ENV:-lab}
+logdir=$(mktemp -d)
+keep=${KEEP_LAB:-0}
+
+cleanup() {
+  rc=$?
+  if [ "$keep" = 1 ]; then echo "== KEEP_LAB=1: leaving the lab up"; else echo "== lab down"; $BIN/rampart --env "$ENV" lab down || true; fi
+  rm -rf "$logdir"
+  exit $rc
+}
+trap cleanup EXIT
+
+echo "== lab up"
+$BIN/rampart --env "$ENV" lab up
+
+echo "== converge (first)"
+$BIN/ansible-playbook -i "inventory/$ENV" playbooks/site.yml | tee "$logdir/first.log" | grep -E '^(PLAY RECAP|\S+ +: ok=)' || true
+grep -qE 'failed=[1-9]|unreachable=[1-9]' "$logdir/first.log" && { cat "$logdir/first.log"; echo "converge failed"; exit 1; }
+
+echo "== converge (second: must change nothing)"
+$BIN/ansible-playbook -i "inventory/$ENV" playbooks/site.yml > "$logdir/second.log" || { cat "$logdir/second.log"; exit 1; }
+grep -E '^\S+ +: ok=' "$logdir/second.log"
+if grep -qE 'changed=[1-9]|failed=[1-9]' "$logdir/second.log"; then
+  grep -B3 -E '^changed:' "$logdir/second.log" | head -60
+  echo "idempotence: the second converge changed something"; exit 1
+fi
+echo "idempotence: ok (changed=0 on every host)"
+
+echo "== lab suites"
+scripts/pytest.sh tests/lab tests/compliance tests/segmentation
