@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pulumi
 import pytest
-from conftest import LAB_TOPOLOGY, ROOT, config_for, run_program
+from pulumi_harness import LAB_TOPOLOGY, ROOT, config_for, run_program
 from rampart.pulumi import plan as planning
 from rampart.pulumi import settings
 from rampart.topology import load

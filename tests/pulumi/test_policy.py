@@ -8,7 +8,7 @@ import types
 
 import pytest
 import rampart_checks as checks
-from conftest import LAB_TOPOLOGY, ROOT
+from pulumi_harness import LAB_TOPOLOGY, ROOT
 
 
 @pytest.fixture

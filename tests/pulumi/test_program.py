@@ -165,7 +165,7 @@ def test_every_policy_check_passes_on_the_program(lab_run):
 
 
 def test_runtime_mode_uses_a_private_cgroup_namespace(tmp_path):
-    from conftest import config_for, run_program
+    from pulumi_harness import config_for, run_program
 
     run = run_program(config_for(tmp_path, systemdCgroup="runtime", containerRuntime="sysbox-runc",
                                  image={"name": "rampart/host:test", "build": False}), stack="alt")
