@@ -1,10 +1,9 @@
 """A lab host survives `systemctl reboot`: nspawn exits with 133 and the launcher boots it again."""
 
+import subprocess
 import time
 
-from conftest import SSH_CONFIG, remote
-
-import subprocess
+from support.lab import SSH_CONFIG, remote
 
 
 def test_host_survives_reboot():
