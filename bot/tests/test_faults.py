@@ -106,7 +106,9 @@ async def test_5xx_before_accept_resent_with_same_client_id(bot: BotRuntime, sim
     await wait_settled(bot, sim)
     assert order.status is OrderStatus.FILLED
     assert order.submit_attempts == 2
-    sent = [p["newClientOrderId"] for m, path, p in sim.request_log if m == "POST" and path == "/api/v3/order"]
+    sent = [
+        p["newClientOrderId"] for m, path, p in sim.request_log if m == "POST" and path == "/api/v3/order"
+    ]
     assert sent == [order.client_order_id] * 2  # the retry reused the client order id
     assert_invariants(bot, sim)
 
@@ -137,7 +139,9 @@ async def test_418_halts_trading_until_operator_resumes(bot: BotRuntime, sim: Si
     rejects = bot.engine.metrics.rejects
     assert rejects.get("halted", 0) + rejects.get("not_reconciled", 0) >= 1
     assert bot.engine.resume()["ok"]
-    await bot.engine.wait_for(lambda: bot.engine.risk.state is TradingState.ACTIVE and bot.engine.ready(), timeout=8)
+    await bot.engine.wait_for(
+        lambda: bot.engine.risk.state is TradingState.ACTIVE and bot.engine.ready(), timeout=8
+    )
     place(bot, market())
     await wait_settled(bot, sim)
     assert sim.exchange.accepted_orders == 1
@@ -190,7 +194,9 @@ async def test_dropped_socket_reconnects_and_reconciles(bot: BotRuntime, sim: Si
     before = bot.engine.metrics.reconciliations["ok"]
     assert sim.drop_sockets() == 1
     await bot.engine.wait_for(lambda: bot.engine.md.reconnects >= 1)
-    await bot.engine.wait_for(lambda: bot.engine.metrics.reconciliations["ok"] > before and bot.engine.ready())
+    await bot.engine.wait_for(
+        lambda: bot.engine.metrics.reconciliations["ok"] > before and bot.engine.ready()
+    )
     place(bot, market())
     await wait_settled(bot, sim)
     assert_invariants(bot, sim)
@@ -268,10 +274,14 @@ async def test_restart_reconciles_pending_unknown_and_foreign_orders(sim: SimSer
     store.migrate()
     now = 1
     # 1) persisted, crashed before sending
-    never_sent = Order("rbX-1", SYM, Side.BUY, OrderType.MARKET, D("0.01"), None, created_ms=now, updated_ms=now)
+    never_sent = Order(
+        "rbX-1", SYM, Side.BUY, OrderType.MARKET, D("0.01"), None, created_ms=now, updated_ms=now
+    )
     store.insert_order(never_sent)
     # 2) sent, crashed before the answer; the venue did accept (and fill) it
-    sent = Order("rbX-2", SYM, Side.BUY, OrderType.MARKET, D("0.01"), None, OrderStatus.UNKNOWN, created_ms=now)
+    sent = Order(
+        "rbX-2", SYM, Side.BUY, OrderType.MARKET, D("0.01"), None, OrderStatus.UNKNOWN, created_ms=now
+    )
     store.insert_order(sent)
     sim.exchange.new_order(
         {"symbol": SYM, "side": "BUY", "type": "MARKET", "quantity": "0.01", "newClientOrderId": "rbX-2"}, now

@@ -12,7 +12,9 @@ from rampart_bot.core.orders import Position
 
 
 def _order(cid: str = "rb-1") -> Order:
-    return Order(cid, "BTCUSDT", Side.BUY, OrderType.LIMIT, D("0.00123"), D("30000.01"), created_ms=1, updated_ms=1)
+    return Order(
+        cid, "BTCUSDT", Side.BUY, OrderType.LIMIT, D("0.00123"), D("30000.01"), created_ms=1, updated_ms=1
+    )
 
 
 def test_migrations_are_versioned_and_idempotent(db_url: str) -> None:
