@@ -252,12 +252,18 @@ class Topology:
 
     def host_routes(self, host: str) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address]]:
         """Extra routes a host needs: replies to VPN peers go back the way they came (via the gateway's
-        management leg), so strict reverse-path filtering keeps working."""
+        management leg), so strict reverse-path filtering keeps working; outside hosts reach the edge
+        zone (where the WireGuard endpoint lives) via the gateway's leg in their network."""
         h = self.hosts[host]
+        gw = self.hosts[self.gateway]
+        if self.zones[h.zone].external and h.zone in gw.addresses and gw.zone != h.zone:
+            # The outside world reaches the platform's edge (the WireGuard endpoint) via the gateway's
+            # leg in its own network, as an upstream provider routes to the edge's public addresses.
+            return [(self.zones[gw.zone].cidr, gw.addresses[h.zone])]
         vpn, mgmt = self.vpn_zone, self.management_zone
         if vpn is None or host == self.gateway or mgmt.name not in h.addresses:
             return []
-        return [(vpn.cidr, self.hosts[self.gateway].addresses[mgmt.name])]
+        return [(vpn.cidr, gw.addresses[mgmt.name])]
 
     def default_gateway(self, host: str) -> ipaddress.IPv4Address | None:
         """Internal hosts route via the gateway's leg in their zone; external ones via the zone's .1."""
