@@ -1,7 +1,6 @@
 """Lab fixtures: a testinfra host per lab host (over the lab's SSH config)."""
 
 import pytest
-
 from support import lab
 
 

@@ -8,7 +8,6 @@ from functools import cache
 from pathlib import Path
 
 import testinfra
-
 from rampart.topology import Topology, load
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -222,9 +222,9 @@ class Lab:
             f"Port: {port}\nBindAddress: {' '.join(binds)}\n"
             "Remap-debrep: file:deb_mirror*.gz /debian ; file:backends_debian\n"
             "ReportPage: acng-report.html\nExThreshold: 4\nPassThroughPattern: .*\n")
-        proc = subprocess.Popen(["apt-cacher-ng", "-c", str(conf), "ForeGround=1"],
-                                stdout=open(conf / "log" / "stdout.log", "ab"), stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(conf / "log" / "stdout.log", "ab") as out:  # the child keeps its own copy
+            proc = subprocess.Popen(["apt-cacher-ng", "-c", str(conf), "ForeGround=1"], stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         pidfile.write_text(str(proc.pid))
         _wait_port(binds[0], port, 10, "apt-cacher-ng")
         log(f"apt proxy: apt-cacher-ng on {', '.join(binds)}:{port} → {mirror}")
