@@ -35,7 +35,8 @@ lint: setup
 	@echo "== ansible-lint (production profile)"; $(BIN)/ansible-lint --offline -q --profile production
 
 unit: setup
-	@echo "== unit tests"; scripts/pytest.sh tests/unit tests/pulumi bot/tests
+	@echo "== unit tests (topology, rendering, Pulumi mocks)"; scripts/pytest.sh tests/unit tests/pulumi
+	@echo "== bot tests (core, simulator faults, SQLite + PostgreSQL)"; cd bot && ../scripts/pytest.sh tests
 
 test-lab: setup              ## lab up, converge twice (idempotence), testinfra suites, lab down
 	@scripts/test-lab.sh

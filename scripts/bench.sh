@@ -1,0 +1,10 @@
+#!/bin/bash
+# `make bench`: print the figures the issues ask for. Benchmarks, not tests: nothing here fails on speed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -f bot/bench/run.py ]; then
+  echo "== bot benchmark (loopback only)"
+  .venv/bin/python bot/bench/run.py
+fi
+echo "== lab benchmark (tears down any running lab, builds one, converges twice, tears it down)"
+.venv/bin/python -m rampart.bench "${ENV:-lab}"
