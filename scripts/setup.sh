@@ -42,7 +42,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip==25.3 2>/dev/null || true
   extras=(-e ".[dev]")
   [ -f bot/pyproject.toml ] && extras+=(-e "bot[test]")
-  .venv/bin/pip install -q -c requirements.lock "${extras[@]}"
+  # (the filter hides pip notices about this machine's local package index that are not errors)
+  .venv/bin/pip install -q -c requirements.lock "${extras[@]}" 2> >(grep -v "^WARNING: Location" >&2)
   echo "$want" > "$stamp"
 fi
 say "ready"
