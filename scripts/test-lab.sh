@@ -19,17 +19,20 @@ echo "== lab up"
 $BIN/rampart --env "$ENV" lab up
 
 echo "== converge (first)"
+t0=$SECONDS
 $BIN/ansible-playbook -i "inventory/$ENV" playbooks/site.yml | tee "$logdir/first.log" | grep -E '^(PLAY RECAP|\S+ +: ok=)' || true
 grep -qE 'failed=[1-9]|unreachable=[1-9]' "$logdir/first.log" && { cat "$logdir/first.log"; echo "converge failed"; exit 1; }
+echo "first converge: $((SECONDS - t0)) s"
 
 echo "== converge (second: must change nothing)"
+t0=$SECONDS
 $BIN/ansible-playbook -i "inventory/$ENV" playbooks/site.yml > "$logdir/second.log" || { cat "$logdir/second.log"; exit 1; }
 grep -E '^\S+ +: ok=' "$logdir/second.log"
 if grep -qE 'changed=[1-9]|failed=[1-9]' "$logdir/second.log"; then
   grep -B3 -E '^changed:' "$logdir/second.log" | head -60
   echo "idempotence: the second converge changed something"; exit 1
 fi
-echo "idempotence: ok (changed=0 on every host)"
+echo "idempotence: ok (changed=0 on every host); no-op converge: $((SECONDS - t0)) s"
 
 echo "== lab suites"
 scripts/pytest.sh tests/lab tests/compliance tests/segmentation
