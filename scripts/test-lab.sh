@@ -21,6 +21,7 @@ $BIN/rampart --env "$ENV" lab up
 echo "== converge (first)"
 t0=$SECONDS
 $BIN/ansible-playbook -i "inventory/$ENV" playbooks/site.yml | tee "$logdir/first.log" | grep -E '^(PLAY RECAP|\S+ +: ok=)' || true
+grep -q 'PLAY RECAP' "$logdir/first.log" || { cat "$logdir/first.log"; echo "converge did not run"; exit 1; }
 grep -qE 'failed=[1-9]|unreachable=[1-9]' "$logdir/first.log" && { cat "$logdir/first.log"; echo "converge failed"; exit 1; }
 echo "first converge: $((SECONDS - t0)) s"
 
