@@ -214,3 +214,33 @@ def test_circuit_breaker_opens_half_opens_and_closes() -> None:
     now[0] = 10.0
     br.success()
     assert br.state is BreakerState.CLOSED
+
+
+def _normalized(qty: dict) -> dict:
+    return {k: v for k, v in qty.items() if v != 0}
+
+
+def test_open_order_running_totals_match_a_full_recount() -> None:
+    """Exposure is kept incrementally for O(1) risk checks; it must always equal a recount."""
+    import random
+
+    rng = random.Random(5)
+    _, tracker = make()
+    statuses = [OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED, OrderStatus.CANCELED,
+                OrderStatus.UNKNOWN, OrderStatus.REJECTED]  # fmt: skip
+    for step in range(2000):
+        if rng.random() < 0.3 or not tracker.orders:
+            side = rng.choice([Side.BUY, Side.SELL])
+            price = None if rng.random() < 0.2 else D(rng.randint(100, 200))
+            otype = OrderType.MARKET if price is None else OrderType.LIMIT
+            tracker.create(OrderIntent("BTCUSDT", side, D(rng.randint(1, 9)) / 100, price, otype), step)
+        else:
+            order = rng.choice(list(tracker.orders.values()))
+            executed = min(order.qty, order.executed_qty + D(rng.randint(0, 3)) / 100)
+            try:
+                tracker.transition(order, rng.choice(statuses), step, executed_qty=executed)
+            except InvalidTransition:
+                pass
+        qty, notional = tracker.recount_open()
+        assert _normalized(tracker._open_qty) == _normalized(qty)
+        assert tracker.open_notional() == notional

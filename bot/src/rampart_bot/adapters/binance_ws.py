@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -15,6 +16,7 @@ import orjson
 from ..core.model import BookTicker, Trade
 
 log = logging.getLogger(__name__)
+_loads = orjson.loads
 
 MAX_MESSAGE_BYTES = 64 * 1024  # real trade/bookTicker frames are ~200 bytes; anything huge is hostile
 
@@ -51,28 +53,46 @@ class ParseStats:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
 
+# Venue decimals are plain "123.45" strings. Requiring exactly that rejects NaN, Infinity,
+# negatives and exponents (1e999999) before Decimal() sees them.
+_PLAIN_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?").fullmatch
+_SYMBOL = re.compile(r"[A-Z0-9]{1,20}").fullmatch
+
+# Prices and sizes repeat a lot from tick to tick: converting each distinct string once is the
+# single biggest saving on the hot path. Only validated strings are ever cached.
+_DEC_CACHE: dict[str, Decimal] = {}
+_DEC_CACHE_MAX = 8192
+
+
 def _dec(value: object) -> Decimal:
-    # Venue decimals are plain "123.45" strings. Requiring exactly that rejects NaN, Infinity,
-    # negatives and exponents (1e999999) in one cheap check, before Decimal() sees them.
-    if (
-        type(value) is not str
-        or len(value) > 40
-        or not value.isascii()
-        or not value.replace(".", "", 1).isdigit()
-    ):
+    d = _DEC_CACHE.get(value)  # type: ignore[call-overload]
+    if d is not None:
+        return d
+    if type(value) is not str or _PLAIN_DECIMAL(value) is None:
         raise ValueError("decimal field must be a short plain decimal string")
-    return Decimal(value)
+    if len(_DEC_CACHE) >= _DEC_CACHE_MAX:
+        _DEC_CACHE.clear()
+    d = _DEC_CACHE[value] = Decimal(value)
+    return d
+
+
+_SYMBOLS_SEEN: set[str] = set()
+
+
+def _size(value: object) -> str:
+    """Validate a size without converting it (see model.Trade)."""
+    if type(value) is not str or _PLAIN_DECIMAL(value) is None:  # type: ignore[arg-type]
+        raise ValueError("size must be a short plain decimal string")
+    return value  # type: ignore[return-value]
 
 
 def _symbol(value: object) -> str:
-    if type(value) is not str or not (0 < len(value) <= 20) or not value.isalnum():
+    if value in _SYMBOLS_SEEN:  # type: ignore[operator]
+        return value  # type: ignore[return-value]
+    if type(value) is not str or _SYMBOL(value) is None:
         raise ValueError("bad symbol")
-    return value
-
-
-def _int(value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise TypeError("integer field expected")
+    if len(_SYMBOLS_SEEN) < 10_000:
+        _SYMBOLS_SEEN.add(value)
     return value
 
 
@@ -85,7 +105,7 @@ def parse_market_message(
         stats.drop("too_large")
         return None
     try:
-        msg = orjson.loads(raw)
+        msg = _loads(raw)
     except orjson.JSONDecodeError:
         stats.drop("invalid_json")
         return None
@@ -101,20 +121,20 @@ def parse_market_message(
     try:
         event = msg.get("e")
         if event == "trade":
-            trade = Trade(
-                _symbol(msg["s"]),
-                _int(msg["t"]),
-                _dec(msg["p"]),
-                _dec(msg["q"]),
-                _int(msg["T"]),
-                msg["m"] is True,
-            )
+            t = msg["t"]
+            ts = msg["T"]
+            if type(t) is not int or type(ts) is not int or t < 0:
+                raise TypeError("integer field expected")
+            trade = Trade(_symbol(msg["s"]), t, _dec(msg["p"]), _size(msg["q"]), ts, msg["m"] is True)
             stats.trades += 1
             return trade
         if event is None and "u" in msg:
-            bid = _dec(msg["b"])
-            ask = _dec(msg["a"])
-            book = BookTicker(_symbol(msg["s"]), _int(msg["u"]), bid, _dec(msg["B"]), ask, _dec(msg["A"]))
+            u = msg["u"]
+            if type(u) is not int or u < 0:
+                raise TypeError("integer field expected")
+            book = BookTicker(
+                _symbol(msg["s"]), u, _dec(msg["b"]), _size(msg["B"]), _dec(msg["a"]), _size(msg["A"])
+            )
             stats.books += 1
             return book
         if event == "serverShutdown":
@@ -168,9 +188,11 @@ class MarketDataClient:
         stale_after_s: float = 5.0,
         max_age_s: float = 23 * 3600,
         backoff: Backoff | None = None,
+        path: str = "/stream",
     ) -> None:
         self.session = session
         self.ws_url = ws_url.rstrip("/")
+        self.path = path
         self.streams = [f"{s.lower()}@{kind}" for s in symbols for kind in ("trade", "bookTicker")]
         self.on_message = on_message
         self.on_connected = on_connected
@@ -186,12 +208,21 @@ class MarketDataClient:
         self._reconnect_now = False
         self._opened_monotonic = 0.0
         self.stale_reconnects = 0
+        self.frames = 0
+        self._frames_seen = 0
 
     @property
     def staleness_s(self) -> float:
+        self._observe_frames()
         if not self.last_message_monotonic:
             return float("inf")
         return time.monotonic() - self.last_message_monotonic
+
+    def _observe_frames(self) -> None:
+        """Stamp the time when the frame counter moved (cheaper than a clock read per frame)."""
+        if self.frames != self._frames_seen:
+            self._frames_seen = self.frames
+            self.last_message_monotonic = time.monotonic()
 
     def is_fresh(self) -> bool:
         return self.connected and self.staleness_s < self.stale_after_s
@@ -226,7 +257,7 @@ class MarketDataClient:
     async def _session_once(self) -> str:
         try:
             ws = await self.session.ws_connect(
-                f"{self.ws_url}/stream",
+                f"{self.ws_url}{self.path}",
                 autoping=True,
                 max_msg_size=MAX_MESSAGE_BYTES * 4,
                 # A stalled peer never answers our close frame: do not wait long for it.
@@ -249,7 +280,7 @@ class MarketDataClient:
             while True:
                 msg = await receive()
                 if msg.type is text:
-                    self.last_message_monotonic = time.monotonic()
+                    self.frames += 1  # the watchdog turns frame counts into staleness
                     if handler(msg.data) is SERVER_SHUTDOWN:
                         self._reconnect_now = True
                         return "server_shutdown"
@@ -258,7 +289,7 @@ class MarketDataClient:
                         self.backoff.reset()
                     continue
                 if msg.type is aiohttp.WSMsgType.BINARY:
-                    self.last_message_monotonic = time.monotonic()
+                    self.frames += 1
                     handler(msg.data)
                     continue
                 if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):

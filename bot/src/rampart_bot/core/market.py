@@ -9,15 +9,14 @@ from .model import BookTicker, Trade
 
 
 class TopOfBook:
-    __slots__ = ("symbol", "update_id", "bid", "bid_qty", "ask", "ask_qty", "received_ns")
+    __slots__ = ("symbol", "update_id", "bid", "ask", "tick", "received_ns")
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
         self.update_id = -1
         self.bid: Decimal | None = None
-        self.bid_qty: Decimal | None = None
         self.ask: Decimal | None = None
-        self.ask_qty: Decimal | None = None
+        self.tick: BookTicker | None = None
         self.received_ns = 0
 
     def apply(self, tick: BookTicker, now_ns: int) -> bool:
@@ -32,14 +31,21 @@ class TopOfBook:
             return False  # crossed book from a corrupt message: never let it reach a strategy
         self.update_id = tick.update_id
         self.bid = tick.bid
-        self.bid_qty = tick.bid_qty
         self.ask = tick.ask
-        self.ask_qty = tick.ask_qty
+        self.tick = tick  # sizes are read lazily from the tick
         self.received_ns = now_ns
         return True
 
     def reset(self) -> None:
         self.update_id = -1
+
+    @property
+    def bid_qty(self) -> Decimal | None:
+        return self.tick.bid_qty if self.tick is not None else None
+
+    @property
+    def ask_qty(self) -> Decimal | None:
+        return self.tick.ask_qty if self.tick is not None else None
 
     @property
     def mid(self) -> Decimal | None:

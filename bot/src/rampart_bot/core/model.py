@@ -64,24 +64,72 @@ class TradingState(enum.IntEnum):
     HALTED = 2
 
 
-@dataclass(slots=True)
+def _as_decimal(value: Decimal | str) -> Decimal:
+    return value if type(value) is Decimal else Decimal(value)
+
+
 class Trade:
-    symbol: str
-    trade_id: int
-    price: Decimal
-    qty: Decimal
-    trade_time_ms: int
-    buyer_is_maker: bool
+    """A public trade print. Quantity is kept as the venue's (validated) string until read:
+    most strategies never look at it, and converting every size costs more than the rest of the tick.
+    """
+
+    __slots__ = ("symbol", "trade_id", "price", "_qty", "trade_time_ms", "buyer_is_maker")
+
+    def __init__(
+        self,
+        symbol: str,
+        trade_id: int,
+        price: Decimal,
+        qty: Decimal | str,
+        trade_time_ms: int,
+        buyer_is_maker: bool,
+    ) -> None:
+        self.symbol = symbol
+        self.trade_id = trade_id
+        self.price = price
+        self._qty = qty
+        self.trade_time_ms = trade_time_ms
+        self.buyer_is_maker = buyer_is_maker
+
+    @property
+    def qty(self) -> Decimal:
+        return _as_decimal(self._qty)
+
+    def __repr__(self) -> str:
+        return f"Trade({self.symbol} #{self.trade_id} {self.price} x {self._qty})"
 
 
-@dataclass(slots=True)
 class BookTicker:
-    symbol: str
-    update_id: int
-    bid: Decimal
-    bid_qty: Decimal
-    ask: Decimal
-    ask_qty: Decimal
+    """Best bid/ask. Prices are Decimals; sizes stay validated strings until read (see Trade)."""
+
+    __slots__ = ("symbol", "update_id", "bid", "_bid_qty", "ask", "_ask_qty")
+
+    def __init__(
+        self,
+        symbol: str,
+        update_id: int,
+        bid: Decimal,
+        bid_qty: Decimal | str,
+        ask: Decimal,
+        ask_qty: Decimal | str,
+    ) -> None:
+        self.symbol = symbol
+        self.update_id = update_id
+        self.bid = bid
+        self._bid_qty = bid_qty
+        self.ask = ask
+        self._ask_qty = ask_qty
+
+    @property
+    def bid_qty(self) -> Decimal:
+        return _as_decimal(self._bid_qty)
+
+    @property
+    def ask_qty(self) -> Decimal:
+        return _as_decimal(self._ask_qty)
+
+    def __repr__(self) -> str:
+        return f"BookTicker({self.symbol} u={self.update_id} {self.bid}/{self.ask})"
 
 
 @dataclass(slots=True, frozen=True)

@@ -94,10 +94,24 @@ class OrderTracker:
         self._quote_assets = quote_assets or {}
         self._open: dict[str, set[str]] = {}
         self.by_exchange_id: dict[tuple[str, int], Order] = {}
+        # Running totals over open orders, so a risk check costs O(1) however many orders rest.
+        self._open_qty: dict[tuple[str, Side], Decimal] = {}
+        self._open_notional = ZERO
+        self._ref_price: dict[str, Decimal] = {}  # market orders: mark at creation, for exposure
         self._day_baseline = ZERO
         self.duplicate_fills = 0
 
     # -- creation and transitions ------------------------------------------------------------
+    def _account(self, order: Order, sign: int) -> None:
+        """Add (sign=1) or remove (sign=-1) an open order's contribution to the running totals."""
+        if not order.status.is_open:
+            return
+        remaining = order.remaining
+        key = (order.symbol, order.side)
+        self._open_qty[key] = self._open_qty.get(key, ZERO) + sign * remaining
+        price = order.price if order.price is not None else self._ref_price.get(order.client_order_id, ZERO)
+        self._open_notional += sign * price * remaining
+
     def create(self, intent: OrderIntent, now_ms: int) -> Order:
         order = Order(
             client_order_id=self.ids.next(),
@@ -109,12 +123,18 @@ class OrderTracker:
             created_ms=now_ms,
             updated_ms=now_ms,
         )
+        if order.price is None:
+            self._ref_price[order.client_order_id] = self.marks.get(order.symbol, ZERO)
         self.add(order)
         return order
 
     def add(self, order: Order) -> None:
         """Register an order (new, loaded from the database, or adopted from the venue)."""
+        previous = self.orders.get(order.client_order_id)
+        if previous is not None:
+            self.forget(previous)
         self.orders[order.client_order_id] = order
+        self._account(order, 1)
         if order.exchange_order_id is not None:
             self.by_exchange_id[(order.symbol, order.exchange_order_id)] = order
         if order.status.is_open:
@@ -122,7 +142,9 @@ class OrderTracker:
 
     def forget(self, order: Order) -> None:
         """Drop our copy of an order (reconciliation replaces it with the venue's version)."""
-        self.orders.pop(order.client_order_id, None)
+        if self.orders.get(order.client_order_id) is order:
+            self._account(order, -1)
+            del self.orders[order.client_order_id]
         self._open.get(order.symbol, set()).discard(order.client_order_id)
 
     def transition(
@@ -139,6 +161,24 @@ class OrderTracker:
         Terminal orders ignore late updates (a stale query answer must not reopen them), except that
         the executed quantity may only grow: a cancel/fill race must never hide a fill.
         """
+        tracked = self.orders.get(order.client_order_id) is order
+        if tracked:
+            self._account(order, -1)
+        try:
+            return self._transition(order, status, now_ms, exchange_order_id, executed_qty, reason)
+        finally:
+            if tracked:
+                self._account(order, 1)
+
+    def _transition(
+        self,
+        order: Order,
+        status: OrderStatus,
+        now_ms: int,
+        exchange_order_id: int | None,
+        executed_qty: Decimal | None,
+        reason: str,
+    ) -> bool:
         changed = False
         if executed_qty is not None and executed_qty > order.executed_qty:
             order.executed_qty = executed_qty
@@ -218,21 +258,20 @@ class OrderTracker:
         return pos.qty if pos is not None else ZERO
 
     def open_qty(self, symbol: str, side: Side) -> Decimal:
-        total = ZERO
-        for cid in self._open.get(symbol, ()):
-            o = self.orders[cid]
-            if o.side is side:
-                total += o.remaining
-        return total
+        return self._open_qty.get((symbol, side), ZERO)
 
     def open_notional(self) -> Decimal:
-        total = ZERO
-        for ids in self._open.values():
-            for cid in ids:
-                o = self.orders[cid]
-                price = o.price if o.price is not None else self.marks.get(o.symbol, ZERO)
-                total += price * o.remaining
-        return total
+        return self._open_notional
+
+    def recount_open(self) -> tuple[dict[tuple[str, Side], Decimal], Decimal]:
+        """Recompute the running totals from scratch (used by tests to check the bookkeeping)."""
+        qty: dict[tuple[str, Side], Decimal] = {}
+        notional = ZERO
+        for o in self.open_orders():
+            qty[(o.symbol, o.side)] = qty.get((o.symbol, o.side), ZERO) + o.remaining
+            price = o.price if o.price is not None else self._ref_price.get(o.client_order_id, ZERO)
+            notional += price * o.remaining
+        return qty, notional
 
     def mark(self, symbol: str) -> Decimal | None:
         return self.marks.get(symbol)

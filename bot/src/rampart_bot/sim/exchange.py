@@ -138,6 +138,8 @@ class Exchange:
         self._next_order_id = 1
         self._next_trade_id = 1
         self.accepted_orders = 0
+        self._best_buy: dict[str, Decimal] = {}
+        self._best_sell: dict[str, Decimal] = {}
 
     # -- market data ---------------------------------------------------------------------------
     def top(self, symbol: str) -> tuple[Decimal, Decimal]:
@@ -232,6 +234,8 @@ class Exchange:
         self.orders[order.order_id] = order
         self.by_client_id[(sym.symbol, cid)] = order
         self.open[sym.symbol][order.order_id] = order
+        self._best_buy.pop(sym.symbol, None)
+        self._best_sell.pop(sym.symbol, None)
         self.accepted_orders += 1
         if otype == "MARKET" or (side == "BUY" and price >= ask) or (side == "SELL" and price <= bid):
             self._fill(order, ask if side == "BUY" else bid, qty, now_ms, maker=False)
@@ -239,7 +243,21 @@ class Exchange:
 
     def match(self, symbol: str, now_ms: int) -> None:
         bid, ask = self.top(symbol)
-        for order in list(self.open[symbol].values()):
+        book = self.open[symbol]
+        if not book:
+            return
+        best_buy = self._best_buy.get(symbol)
+        best_sell = self._best_sell.get(symbol)
+        if best_buy is None or best_sell is None:
+            buys = [o.price for o in book.values() if o.side == "BUY"]
+            sells = [o.price for o in book.values() if o.side == "SELL"]
+            best_buy = self._best_buy[symbol] = max(buys) if buys else ZERO
+            best_sell = self._best_sell[symbol] = min(sells) if sells else Decimal("Infinity")
+        if ask > best_buy and bid < best_sell:
+            return  # nothing can cross: skip the scan (keeps the simulator fast with many resting orders)
+        self._best_buy.pop(symbol, None)
+        self._best_sell.pop(symbol, None)
+        for order in list(book.values()):
             if order.side == "BUY" and ask <= order.price or order.side == "SELL" and bid >= order.price:
                 self._fill(order, order.price, order.qty - order.executed, now_ms, maker=True)
 

@@ -100,6 +100,7 @@ class SimServer:
         self.connections = 0
         self.subscribed = asyncio.Event()  # set whenever a client (re)subscribes; tests clear it
         self.held_trade_ids: set[int] = set()
+        self._load_cache: dict[tuple[str, int, str, bool], bytes] = {}
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.port = 0
@@ -242,6 +243,8 @@ class SimServer:
             await self.step()
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
+        if "load" in request.query:
+            return await self._load_handler(request)
         ws = web.WebSocketResponse(autoping=True, heartbeat=20.0)
         await ws.prepare(request)
         combined = request.path == "/stream"
@@ -288,11 +291,14 @@ class SimServer:
         Frames are built before the first byte is sent, so sending runs at memcpy speed and the bot,
         not the simulator, is the bottleneck. `kind` = trade | book | mixed.
         """
-        count = int(request.query.get("count", "100000"))
+        count = int(request.query.get("count") or request.query.get("load") or "100000")
         kind = request.query.get("kind", "mixed")
         combined = request.query.get("combined", "1") == "1"
         symbol = request.query.get("symbol", "BTCUSDT")
-        frames = build_load_frames(symbol, count, kind, combined)
+        key = (symbol, count, kind, combined)
+        frames = self._load_cache.get(key)
+        if frames is None:
+            frames = self._load_cache[key] = build_load_frames(symbol, count, kind, combined)
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         transport = request.transport
@@ -506,24 +512,29 @@ class SimServer:
 
 
 def build_load_frames(symbol: str, count: int, kind: str = "mixed", combined: bool = True) -> bytes:
-    """Pre-framed market data with increasing ids (the bot must not drop them as replays)."""
+    """Pre-framed market data with increasing ids (the bot must not drop them as replays).
+
+    Prices wander over a few thousand ticks and sizes are nearly all distinct, like a real feed,
+    so the bot's decimal cache gets no unrealistic help.
+    """
     lower = symbol.lower()
     parts: list[bytes] = []
     append = parts.append
     for i in range(count):
         is_trade = kind == "trade" or (kind == "mixed" and i % 2 == 0)
+        cents = 3_000_000 + (i * 37) % 5000
+        size = f"{(i * 7919) % 1_000_000 / 100000:.5f}"
         if is_trade:
-            price = 30000 + (i % 100) / 100
             data = (
-                f'{{"e":"trade","E":{1700000000000 + i},"s":"{symbol}","t":{i + 1},"p":"{price:.2f}",'
-                f'"q":"0.01000000","T":{1700000000000 + i},"m":{"true" if i & 1 else "false"},"M":true}}'
+                f'{{"e":"trade","E":{1700000000000 + i},"s":"{symbol}","t":{i + 1},"p":"{cents / 100:.2f}",'
+                f'"q":"{size}","T":{1700000000000 + i},"m":{"true" if i & 1 else "false"},"M":true}}'
             )
             stream = f"{lower}@trade"
         else:
-            bid = 30000 + (i % 100) / 100
+            other = f"{(i * 104729) % 1_000_000 / 100000:.5f}"
             data = (
-                f'{{"u":{i + 1},"s":"{symbol}","b":"{bid:.2f}","B":"1.50000000",'
-                f'"a":"{bid + 0.02:.2f}","A":"2.00000000"}}'
+                f'{{"u":{i + 1},"s":"{symbol}","b":"{cents / 100:.2f}","B":"{size}",'
+                f'"a":"{(cents + 2) / 100:.2f}","A":"{other}"}}'
             )
             stream = f"{lower}@bookTicker"
         text = f'{{"stream":"{stream}","data":{data}}}' if combined else data

@@ -1,0 +1,268 @@
+"""rampart-bot benchmarks. Run: python bot/bench/run.py  (loopback only, < 2 minutes).
+
+Every figure is printed next to a baseline measured in the same run:
+  1. pipeline ticks/s (parse -> book -> strategy -> risk -> metrics) vs a raw aiohttp+orjson loop
+  2. tick-to-order latency p50/p99 vs a raw WebSocket echo round trip
+  3. peak RSS of this process (the bot runs in-process; the simulator is a separate process)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from rampart_bot.adapters.binance_ws import MarketDataClient
+from rampart_bot.adapters.persistence import Store
+from rampart_bot.adapters.secrets import Secret
+from rampart_bot.core.model import OrderIntent, OrderType, Side
+from rampart_bot.core.risk import RiskLimits
+from rampart_bot.service.config import parse_config
+from rampart_bot.service.engine import Engine
+from rampart_bot.service.runtime import BotRuntime
+from rampart_bot.sim.main import DEMO_KEY, DEMO_SECRET
+
+LOAD_COUNT = int(os.environ.get("BENCH_LOAD_COUNT", "300000"))
+LATENCY_ORDERS = int(os.environ.get("BENCH_LATENCY_ORDERS", "1000"))
+ECHO_ROUNDS = 3000
+TICK_INTERVAL = float(os.environ.get("BENCH_TICK_INTERVAL", "0.01"))  # 100 ticks/s: latency, not load
+
+
+def rss_now() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def pct(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def start_sim(tick_interval: float) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rampart_bot.sim.main", "--port", "0", "--tick-interval", str(tick_interval)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("READY "):
+            return proc, int(line.split()[1])
+    raise RuntimeError("simulator did not start")
+
+
+async def raw_floor(session: aiohttp.ClientSession, port: int) -> float:
+    """The floor: receive and orjson-parse every frame, nothing else."""
+    loads = orjson.loads
+    text = aiohttp.WSMsgType.TEXT
+    async with session.ws_connect(f"ws://127.0.0.1:{port}/stream?load={LOAD_COUNT}", max_msg_size=0) as ws:
+        n = 0
+        msg = await ws.receive()
+        t0 = time.perf_counter()
+        while True:
+            if msg.type is text:
+                loads(msg.data)
+                n += 1
+                if n == LOAD_COUNT:
+                    break
+            msg = await ws.receive()
+        return n / (time.perf_counter() - t0)
+
+
+def bench_engine(db_url: str) -> Engine:
+    cfg = parse_config(
+        {
+            "strategy": {"name": "mean_reversion", "params": {"qty": "0.001", "threshold": "0.00001"}},
+            "database": {"url": db_url},
+        },
+        "<bench>",
+    )
+    cfg.limits = RiskLimits(Decimal("0.01"), Decimal("1000000"), Decimal("100000"), 100)
+    store = Store(db_url)
+    store.migrate()
+
+    class AckingRest:
+        """No venue in the throughput test: acks instantly so the path up to the venue is measured."""
+
+        offset_ms = 0
+
+        async def new_order(self, order):  # type: ignore[no-untyped-def]
+            return {"status": "NEW", "orderId": 1, "executedQty": "0"}
+
+    engine = Engine(cfg, store, AckingRest())  # type: ignore[arg-type]
+    engine.reconciled = True
+    return engine
+
+
+async def pipeline(session: aiohttp.ClientSession, port: int, db_url: str) -> tuple[float, Engine]:
+    """The bot's real receive loop (MarketDataClient) feeding the engine's full per-tick path."""
+    engine = bench_engine(db_url)
+    started = asyncio.Event()
+    t0 = 0.0
+
+    async def on_connected() -> None:
+        nonlocal t0
+        t0 = time.perf_counter()
+        started.set()
+
+    md = MarketDataClient(
+        session, f"ws://127.0.0.1:{port}", ["BTCUSDT"], engine.on_raw, on_connected, path=f"/stream?load={LOAD_COUNT}"
+    )
+    engine.md = md
+    task = asyncio.create_task(md.run())
+    await started.wait()
+    stats = engine.parse_stats
+    # The bench polls for completion; it is not part of the measured loop's work.
+    while stats.messages < LOAD_COUNT:
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - t0
+    await md.stop()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # Let the (instantly acked) order tasks finish before the next phase.
+    while engine._tasks:
+        await asyncio.sleep(0.001)
+    return stats.messages / elapsed, engine
+
+
+async def echo_baseline(session: aiohttp.ClientSession, port: int) -> list[float]:
+    samples = []
+    payload = orjson.dumps({"u": 1, "s": "BTCUSDT", "b": "30000.00", "B": "1", "a": "30000.02", "A": "1"}).decode()
+    async with session.ws_connect(f"ws://127.0.0.1:{port}/echo") as ws:
+        for i in range(ECHO_ROUNDS + 200):
+            t0 = time.perf_counter()
+            await ws.send_str(payload)
+            await ws.receive()
+            if i >= 200:  # warm-up excluded
+                samples.append(time.perf_counter() - t0)
+    return samples
+
+
+async def tick_to_order(port: int, db_url: str) -> Engine:
+    cfg = parse_config(
+        {
+            "venue": {"rest_url": f"http://127.0.0.1:{port}", "ws_url": f"ws://127.0.0.1:{port}"},
+            "strategy": {"name": "idle"},
+            "database": {"url": db_url},
+            "runtime": {"fill_poll_interval_s": 2.0, "cancel_on_shutdown": True},
+        },
+        "<bench>",
+    )
+    cfg.limits = RiskLimits(Decimal("1000"), Decimal("100000000"), Decimal("100000"), 10000)
+    secrets = {"api_key": Secret(DEMO_KEY), "api_secret": Secret(DEMO_SECRET), "operator_token": Secret("bench")}
+    bot = await BotRuntime.start(cfg, secrets, http_port=0)
+    engine = bot.engine
+    engine.strategy = Flipper()
+    await engine.wait_for(engine.ready, timeout=20)
+    engine.latency_samples.clear()
+    engine.tick_to_ack_samples.clear()
+    engine.ack_samples.clear()
+    while len(engine.tick_to_ack_samples) < LATENCY_ORDERS:
+        await asyncio.sleep(0.05)
+    engine.strategy = type("Off", (), {"on_book": lambda *a: None, "on_trade": lambda *a: None, "name": "off"})()
+    await bot.stop()
+    return engine
+
+
+class Flipper:
+    """Bench strategy: a market order on every book tick, alternating sides so no position or open
+    order builds up; each order is a full tick -> risk -> persist -> REST -> ack round trip.
+    """
+
+    name = "flipper"
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def on_book(self, book, view):  # type: ignore[no-untyped-def]
+        self.n += 1
+        side = Side.BUY if self.n % 2 else Side.SELL
+        return OrderIntent(book.symbol, side, Decimal("0.001"), None, OrderType.MARKET)
+
+    def on_trade(self, tape, view):  # type: ignore[no-untyped-def]
+        return None
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:8.0f} µs"
+
+
+async def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="rampart-bench-"))
+    t_start = time.perf_counter()
+    load_sim, load_port = start_sim(0.0)
+    lat_sim = None
+    rss_phase: dict[str, float] = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+            await raw_floor(session, load_port)  # warm-up: the simulator builds and caches the frames
+            raws, pipes = [], []
+            engine = None
+            for i in range(2):
+                gc.collect()
+                raws.append(await raw_floor(session, load_port))
+                gc.collect()
+                rate, engine = await pipeline(session, load_port, f"sqlite:///{tmp / f'pipe{i}.sqlite3'}")
+                pipes.append(rate)
+            rss_phase["throughput"] = rss_now()
+            # The throughput simulator stops before the latency phase so it cannot steal CPU.
+            load_sim.terminate()
+            load_sim.wait(10)
+            lat_sim, lat_port = start_sim(TICK_INTERVAL)
+            echo = await echo_baseline(session, lat_port)
+        assert engine is not None
+        del engine.tracker  # the throughput engine's state is no longer needed
+        gc.collect()
+        lat_engine = await tick_to_order(lat_port, f"sqlite:///{tmp / 'latency.sqlite3'}")
+        rss_phase["latency"] = rss_now()
+    finally:
+        for proc in (load_sim, lat_sim):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+    raw, pipe = max(raws), max(pipes)
+    t2o = list(lat_engine.latency_samples)
+    t2a = list(lat_engine.tick_to_ack_samples)
+    ack = list(lat_engine.ack_samples)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    dropped = sum(engine.parse_stats.dropped.values())
+    submitted, rejected = engine.metrics.orders_submitted, sum(engine.metrics.rejects.values())
+    print("rampart-bot benchmark (loopback, this machine, one bot core; simulator in its own process)")
+    print(f"  messages per run: {LOAD_COUNT}, orders in latency run: {len(t2o)}, dropped frames: {dropped}")
+    print("")
+    print("1. sustained throughput")
+    print(f"   raw aiohttp+orjson receive+parse floor : {raw:10.0f} msg/s")
+    print(f"   full pipeline (parse>book>strategy>risk>metrics): {pipe:10.0f} msg/s")
+    print(f"   ratio pipeline/raw                      : {pipe / raw:10.2%}   (target >= 50%)")
+    print(f"   orders from the strategy in the last pipeline run: {submitted} (risk-rejected: {rejected})")
+    print("")
+    print("2. latency")
+    print(f"   raw WebSocket echo round trip  p50 {us(statistics.median(echo))}  p99 {us(pct(echo, 99))}")
+    print(f"   tick-to-order (frame in -> order request issued)  p50 {us(statistics.median(t2o))}"
+          f"  p99 {us(pct(t2o, 99))}   (target p50 <= 300 µs, p99 <= 1 ms)")
+    print(f"   order ack (request -> venue answer)              p50 {us(statistics.median(ack))}"
+          f"  p99 {us(pct(ack, 99))}")
+    print(f"   tick-to-ack (frame in -> venue answer)           p50 {us(statistics.median(t2a))}"
+          f"  p99 {us(pct(t2a, 99))}")
+    print("")
+    print("3. memory")
+    print(f"   peak RSS of the bench process (bot + harness): {rss_mb:.1f} MB   (target <= 80 MB)")
+    print(f"   current RSS after throughput phase: {rss_phase.get('throughput', 0):.1f} MB,"
+          f" after latency phase: {rss_phase.get('latency', 0):.1f} MB")
+    print(f"\n   total bench time: {time.perf_counter() - t_start:.1f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
