@@ -118,23 +118,48 @@ def parse_market_message(
             stats.drop("bad_envelope")
             return None
         msg = data
+    # The two hot message kinds are parsed inline (helper calls cost more than the checks).
+    # Unhashable or wrong-typed values raise TypeError/ValueError inside and are counted below.
+    dec_get = _DEC_CACHE.get
     try:
         event = msg.get("e")
         if event == "trade":
             t = msg["t"]
             ts = msg["T"]
+            sym = msg["s"]
+            p = msg["p"]
+            q = msg["q"]
             if type(t) is not int or type(ts) is not int or t < 0:
                 raise TypeError("integer field expected")
-            trade = Trade(_symbol(msg["s"]), t, _dec(msg["p"]), _size(msg["q"]), ts, msg["m"] is True)
+            if sym not in _SYMBOLS_SEEN:
+                _symbol(sym)
+            price = dec_get(p) or _dec(p)
+            if type(q) is not str or _PLAIN_DECIMAL(q) is None:
+                raise ValueError("bad size")
+            trade = Trade(sym, t, price, q, ts, msg["m"] is True)
             stats.trades += 1
             return trade
         if event is None and "u" in msg:
             u = msg["u"]
+            sym = msg["s"]
+            b = msg["b"]
+            bq = msg["B"]
+            a = msg["a"]
+            aq = msg["A"]
             if type(u) is not int or u < 0:
                 raise TypeError("integer field expected")
-            book = BookTicker(
-                _symbol(msg["s"]), u, _dec(msg["b"]), _size(msg["B"]), _dec(msg["a"]), _size(msg["A"])
-            )
+            if sym not in _SYMBOLS_SEEN:
+                _symbol(sym)
+            bid = dec_get(b) or _dec(b)
+            ask = dec_get(a) or _dec(a)
+            if (
+                type(bq) is not str
+                or _PLAIN_DECIMAL(bq) is None
+                or type(aq) is not str
+                or _PLAIN_DECIMAL(aq) is None
+            ):
+                raise ValueError("bad size")
+            book = BookTicker(sym, u, bid, bq, ask, aq)
             stats.books += 1
             return book
         if event == "serverShutdown":

@@ -9,7 +9,7 @@ from .model import BookTicker, Trade
 
 
 class TopOfBook:
-    __slots__ = ("symbol", "update_id", "bid", "ask", "tick", "received_ns")
+    __slots__ = ("symbol", "update_id", "bid", "ask", "tick", "received_ns", "_mid")
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
@@ -17,6 +17,7 @@ class TopOfBook:
         self.bid: Decimal | None = None
         self.ask: Decimal | None = None
         self.tick: BookTicker | None = None
+        self._mid: Decimal | None = None
         self.received_ns = 0
 
     def apply(self, tick: BookTicker, now_ns: int) -> bool:
@@ -33,6 +34,7 @@ class TopOfBook:
         self.bid = tick.bid
         self.ask = tick.ask
         self.tick = tick  # sizes are read lazily from the tick
+        self._mid = None
         self.received_ns = now_ns
         return True
 
@@ -49,9 +51,33 @@ class TopOfBook:
 
     @property
     def mid(self) -> Decimal | None:
-        if self.bid is None or self.ask is None:
-            return None
-        return (self.bid + self.ask) / 2
+        # Computed at most once per update: the engine, strategy and risk all read it.
+        mid = self._mid
+        if mid is None:
+            if self.bid is None or self.ask is None:
+                return None
+            mid = self._mid = (self.bid + self.ask) / 2
+        return mid
+
+
+class BookMarks:
+    """Read-only mark prices straight from the books (no per-tick copy into another dict)."""
+
+    __slots__ = ("_books",)
+
+    def __init__(self, books: dict[str, TopOfBook]) -> None:
+        self._books = books
+
+    def get(self, symbol: str, default: Decimal | None = None) -> Decimal | None:
+        book = self._books.get(symbol)
+        mid = book.mid if book is not None else None
+        return mid if mid is not None else default
+
+    def __getitem__(self, symbol: str) -> Decimal:
+        mid = self.get(symbol)
+        if mid is None:
+            raise KeyError(symbol)
+        return mid
 
 
 class TradeTape:

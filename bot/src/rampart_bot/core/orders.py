@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -86,7 +87,8 @@ class OrderTracker:
         self.orders: dict[str, Order] = {}
         self.in_flight: set[str] = set()
         self.positions: dict[str, Position] = {}
-        self.marks: dict[str, Decimal] = {}
+        # A plain dict in unit tests; the engine swaps in BookMarks (reads the live books).
+        self.marks: Any = {}
         self.seen_trades: set[tuple[str, int]] = set()
         self.max_trade_id: dict[str, int] = {}
         # Fills keyed by the venue's order id: a fill may arrive before we learn that id (in-flight ack).

@@ -54,25 +54,35 @@ class MeanReversion:
         self.threshold = threshold
         self.alpha = alpha
         self.max_position = max_position
-        self._ema: dict[str, Decimal] = {}
+        # The signal is float math (it only decides *whether* to trade, on every tick); prices and
+        # quantities that go into orders stay Decimal.
+        self._ema: dict[str, float] = {}
+        self._lo = 1 - float(threshold)
+        self._hi = 1 + float(threshold)
+        self._alpha = float(alpha)
 
     def on_book(self, book: TopOfBook, view: StrategyView) -> OrderIntent | None:
-        mid = book.mid
-        if mid is None or book.bid is None or book.ask is None:
+        bid = book.bid
+        ask = book.ask
+        if bid is None or ask is None:
             return None
-        ema = self._ema.get(book.symbol)
+        mid = (float(bid) + float(ask)) * 0.5
+        symbol = book.symbol
+        ema = self._ema.get(symbol)
         if ema is None:
-            self._ema[book.symbol] = mid
+            self._ema[symbol] = mid
             return None
-        ema = ema + self.alpha * (mid - ema)
-        self._ema[book.symbol] = ema
-        if view.open_order_count(book.symbol):
+        ema += self._alpha * (mid - ema)
+        self._ema[symbol] = ema
+        if mid >= ema * self._lo and mid <= ema * self._hi:
             return None
-        pos = view.position(book.symbol)
-        if mid < ema * (1 - self.threshold) and pos + self.qty <= self.max_position:
-            return OrderIntent(book.symbol, Side.BUY, self.qty, round_to_step(book.bid, self.tick_size))
-        if mid > ema * (1 + self.threshold) and pos >= self.qty:
-            return OrderIntent(book.symbol, Side.SELL, self.qty, round_to_step(book.ask, self.tick_size))
+        if view.open_order_count(symbol):
+            return None
+        pos = view.position(symbol)
+        if mid < ema * self._lo and pos + self.qty <= self.max_position:
+            return OrderIntent(symbol, Side.BUY, self.qty, round_to_step(bid, self.tick_size))
+        if mid > ema * self._hi and pos >= self.qty:
+            return OrderIntent(symbol, Side.SELL, self.qty, round_to_step(ask, self.tick_size))
         return None
 
     def on_trade(self, tape: TradeTape, view: StrategyView) -> OrderIntent | None:

@@ -41,7 +41,7 @@ from ..adapters.binance_ws import (
 )
 from ..adapters.persistence import Store
 from ..core.breaker import CircuitBreaker
-from ..core.market import TopOfBook, TradeTape
+from ..core.market import BookMarks, TopOfBook, TradeTape
 from ..core.model import BookTicker, Fill, Order, OrderIntent, OrderStatus, Side, Trade, TradingState
 from ..core.orders import ClientIdGenerator, OrderTracker
 from ..core.risk import RiskEngine
@@ -77,6 +77,7 @@ class Engine:
             {s.symbol: s.quote_asset for s in cfg.symbols},
         )
         self.books = {s: TopOfBook(s) for s in self.symbols}
+        self.tracker.marks = BookMarks(self.books)
         self.tapes = {s: TradeTape(s) for s in self.symbols}
         self.parse_stats = ParseStats()
         self.metrics = Metrics()
@@ -220,7 +221,6 @@ class Engine:
             return
         if not book.apply(tick, self._current_tick_ns):
             return
-        self.tracker.marks[tick.symbol] = (tick.bid + tick.ask) / 2
         intent = self.strategy.on_book(book, self.tracker)
         if intent is not None:
             self.submit_intent(intent)
@@ -577,8 +577,6 @@ class Engine:
                 ),
                 time.perf_counter_ns(),
             )
-            if book.mid is not None:
-                self.tracker.marks[symbol] = book.mid
 
     async def _reconcile_balances(self) -> None:
         account = await self.rest.account()
