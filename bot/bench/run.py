@@ -118,7 +118,12 @@ async def pipeline(session: aiohttp.ClientSession, port: int, db_url: str) -> tu
         started.set()
 
     md = MarketDataClient(
-        session, f"ws://127.0.0.1:{port}", ["BTCUSDT"], engine.on_raw, on_connected, path=f"/stream?load={LOAD_COUNT}"
+        session,
+        f"ws://127.0.0.1:{port}",
+        ["BTCUSDT"],
+        engine.on_raw,
+        on_connected,
+        path=f"/stream?load={LOAD_COUNT}",
     )
     engine.md = md
     task = asyncio.create_task(md.run())
@@ -139,7 +144,9 @@ async def pipeline(session: aiohttp.ClientSession, port: int, db_url: str) -> tu
 
 async def echo_baseline(session: aiohttp.ClientSession, port: int) -> list[float]:
     samples = []
-    payload = orjson.dumps({"u": 1, "s": "BTCUSDT", "b": "30000.00", "B": "1", "a": "30000.02", "A": "1"}).decode()
+    payload = orjson.dumps(
+        {"u": 1, "s": "BTCUSDT", "b": "30000.00", "B": "1", "a": "30000.02", "A": "1"}
+    ).decode()
     async with session.ws_connect(f"ws://127.0.0.1:{port}/echo") as ws:
         for i in range(ECHO_ROUNDS + 200):
             t0 = time.perf_counter()
@@ -161,7 +168,11 @@ async def tick_to_order(port: int, db_url: str) -> Engine:
         "<bench>",
     )
     cfg.limits = RiskLimits(Decimal("1000"), Decimal("100000000"), Decimal("100000"), 10000)
-    secrets = {"api_key": Secret(DEMO_KEY), "api_secret": Secret(DEMO_SECRET), "operator_token": Secret("bench")}
+    secrets = {
+        "api_key": Secret(DEMO_KEY),
+        "api_secret": Secret(DEMO_SECRET),
+        "operator_token": Secret("bench"),
+    }
     bot = await BotRuntime.start(cfg, secrets, http_port=0)
     engine = bot.engine
     engine.strategy = Flipper()
@@ -171,7 +182,9 @@ async def tick_to_order(port: int, db_url: str) -> Engine:
     engine.ack_samples.clear()
     while len(engine.tick_to_ack_samples) < LATENCY_ORDERS:
         await asyncio.sleep(0.05)
-    engine.strategy = type("Off", (), {"on_book": lambda *a: None, "on_trade": lambda *a: None, "name": "off"})()
+    engine.strategy = type(
+        "Off", (), {"on_book": lambda *a: None, "on_trade": lambda *a: None, "name": "off"}
+    )()
     await bot.stop()
     return engine
 
@@ -250,17 +263,25 @@ async def main() -> None:
     print("")
     print("2. latency")
     print(f"   raw WebSocket echo round trip  p50 {us(statistics.median(echo))}  p99 {us(pct(echo, 99))}")
-    print(f"   tick-to-order (frame in -> order request issued)  p50 {us(statistics.median(t2o))}"
-          f"  p99 {us(pct(t2o, 99))}   (target p50 <= 300 µs, p99 <= 1 ms)")
-    print(f"   order ack (request -> venue answer)              p50 {us(statistics.median(ack))}"
-          f"  p99 {us(pct(ack, 99))}")
-    print(f"   tick-to-ack (frame in -> venue answer)           p50 {us(statistics.median(t2a))}"
-          f"  p99 {us(pct(t2a, 99))}")
+    print(
+        f"   tick-to-order (frame in -> order request issued)  p50 {us(statistics.median(t2o))}"
+        f"  p99 {us(pct(t2o, 99))}   (target p50 <= 300 µs, p99 <= 1 ms)"
+    )
+    print(
+        f"   order ack (request -> venue answer)              p50 {us(statistics.median(ack))}"
+        f"  p99 {us(pct(ack, 99))}"
+    )
+    print(
+        f"   tick-to-ack (frame in -> venue answer)           p50 {us(statistics.median(t2a))}"
+        f"  p99 {us(pct(t2a, 99))}"
+    )
     print("")
     print("3. memory")
     print(f"   peak RSS of the bench process (bot + harness): {rss_mb:.1f} MB   (target <= 80 MB)")
-    print(f"   current RSS after throughput phase: {rss_phase.get('throughput', 0):.1f} MB,"
-          f" after latency phase: {rss_phase.get('latency', 0):.1f} MB")
+    print(
+        f"   current RSS after throughput phase: {rss_phase.get('throughput', 0):.1f} MB,"
+        f" after latency phase: {rss_phase.get('latency', 0):.1f} MB"
+    )
     print(f"\n   total bench time: {time.perf_counter() - t_start:.1f} s")
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from .model import ZERO, Fill, Order, OrderIntent, OrderStatus, Side
 
