@@ -182,9 +182,7 @@ async def tick_to_order(port: int, db_url: str) -> Engine:
     engine.ack_samples.clear()
     while len(engine.tick_to_ack_samples) < LATENCY_ORDERS:
         await asyncio.sleep(0.05)
-    engine.strategy = type(
-        "Off", (), {"on_book": lambda *a: None, "on_trade": lambda *a: None, "name": "off"}
-    )()
+    engine.accepting = False  # stop placing orders before shutting down
     await bot.stop()
     return engine
 

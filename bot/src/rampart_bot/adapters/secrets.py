@@ -140,6 +140,9 @@ class VaultProvider:
         self._renewer: asyncio.Task[None] | None = None
         self.renewals = 0
         self.renew_failures = 0
+        # Hooks for the service's Vault circuit breaker (set by the runtime).
+        self.on_success: Any = None
+        self.on_failure: Any = None
 
     def _read_file(self, path: Path, what: str) -> str:
         try:
@@ -210,12 +213,19 @@ class VaultProvider:
             await asyncio.sleep(max(1.0, self._lease_s * 2 / 3))
             try:
                 await self.renew_once()
+                if self.on_success:
+                    self.on_success()
             except SecretsError as exc:
                 self.renew_failures += 1
+                if self.on_failure:
+                    self.on_failure()
                 log.warning("vault token renewal failed", extra={"error": str(exc)})
                 try:
                     await self.login()
+                    if self.on_success:
+                        self.on_success()
                 except SecretsError as exc2:
+                    # Secrets already loaded stay valid; the breaker and metrics show the problem.
                     log.error("vault re-login failed", extra={"error": str(exc2)})
 
     async def close(self) -> None:

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..adapters.secrets import REQUIRED_SECRETS, SecretsError, StaticProvider
+from ..adapters.secrets import REQUIRED_SECRETS, SecretsError, SecretsProvider, StaticProvider
 from .config import BotConfig, ConfigError, load_config, parse_config
 from .logs import setup_logging
 from .runtime import BotRuntime, provider_for
@@ -51,18 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.paper_with_sim:
         if cfg.mode != "paper":
             return _fail("config error: --paper-with-sim requires mode = 'paper'", 2)
-        provider = StaticProvider(DEMO_SECRETS)
+        provider: SecretsProvider = StaticProvider(DEMO_SECRETS)
     else:
         provider = provider_for(cfg)
     try:
-        secrets = asyncio.run(provider.load(REQUIRED_SECRETS))
+        asyncio.run(_serve(cfg, provider, args.paper_with_sim, args.check_config))
     except SecretsError as exc:
         return _fail(f"secrets error: {exc}", 3)
-    if args.check_config:
-        print(f"rampart-bot: config OK ({cfg.mode} mode), secrets OK from {provider.description}")
-        return 0
-    try:
-        asyncio.run(_serve(cfg, secrets, args.paper_with_sim))
     except _StartupError as exc:
         return _fail(str(exc), 4)
     except KeyboardInterrupt:
@@ -74,7 +69,17 @@ class _StartupError(Exception):
     pass
 
 
-async def _serve(cfg: BotConfig, secrets: dict, with_sim: bool) -> None:  # type: ignore[type-arg]
+async def _serve(cfg: BotConfig, provider: SecretsProvider, with_sim: bool, check_only: bool) -> None:
+    # Secrets load inside the serving loop so Vault token renewal keeps running with the service.
+    try:
+        secrets = await provider.load(REQUIRED_SECRETS)
+    except SecretsError:
+        await provider.close()
+        raise
+    if check_only:
+        await provider.close()
+        print(f"rampart-bot: config OK ({cfg.mode} mode), secrets OK from {provider.description}")
+        return
     sim = None
     if with_sim:
         from ..sim.server import SimServer
@@ -87,7 +92,7 @@ async def _serve(cfg: BotConfig, secrets: dict, with_sim: bool) -> None:  # type
             cfg.database_url = f"sqlite:///{Path(tempfile.gettempdir()) / 'rampart-bot-paper.sqlite3'}"
         log.info("paper mode against in-process simulator", extra={"sim_port": port, "db": cfg.database_url})
     try:
-        runtime = await BotRuntime.start(cfg, secrets)
+        runtime = await BotRuntime.start(cfg, secrets, provider=provider)
     except OSError as exc:
         raise _StartupError(f"cannot start: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - e.g. database unreachable: one line, no traceback

@@ -52,10 +52,15 @@ class BotRuntime:
     engine: Engine
     runner: web.AppRunner
     port: int
+    provider: SecretsProvider | None = None
 
     @classmethod
     async def start(
-        cls, cfg: BotConfig, secrets: dict[str, Secret], http_port: int | None = None
+        cls,
+        cfg: BotConfig,
+        secrets: dict[str, Secret],
+        http_port: int | None = None,
+        provider: SecretsProvider | None = None,
     ) -> BotRuntime:
         missing = [n for n in REQUIRED_SECRETS if n not in secrets]
         if missing:
@@ -75,6 +80,9 @@ class BotRuntime:
         )
         engine = Engine(cfg, store, rest)
         engine.secrets_loaded = True
+        if isinstance(provider, VaultProvider):
+            provider.on_success = engine.breakers["vault"].success
+            provider.on_failure = engine.breakers["vault"].failure
         runner = web.AppRunner(
             build_app(engine, secrets["operator_token"]), access_log=None, handle_signals=False
         )
@@ -84,11 +92,13 @@ class BotRuntime:
         port = runner.addresses[0][1]
         await engine.start(session)
         log.info("rampart-bot started", extra={"http_port": port, "mode": cfg.mode, "db": store.dialect})
-        return cls(cfg, secrets, session, store, engine, runner, port)
+        return cls(cfg, secrets, session, store, engine, runner, port, provider)
 
     async def stop(self) -> None:
         await self.engine.shutdown()
         await self.runner.cleanup()
         await self.session.close()
+        if self.provider is not None:
+            await self.provider.close()
         self.store.close()
         log.info("rampart-bot stopped")
