@@ -195,9 +195,20 @@ class Lab:
                 have = run("ip", "-4", "-o", "addr", "show", "dev", br).stdout
                 if addr not in have:
                     run("ip", "addr", "add", addr, "dev", br)
-        # The controller must never route between lab zones or out of the lab (no internet for hosts).
+        # The per-bridge nf_call_iptables=0 is OR'ed with the global sysctl: with br_netfilter loaded the
+        # frames between hosts of one zone would still hit the forward chain below and be dropped.
+        for family in ("iptables", "ip6tables", "arptables"):
+            knob = Path(f"/proc/sys/net/bridge/bridge-nf-call-{family}")
+            if knob.exists():
+                knob.write_text("0\n")
+        # The controller must never route between lab zones or out of the lab (no internet for hosts), and
+        # answers on a lab network only for its own address there (strong host model: the simulated
+        # internet must not reach its management address through its internet leg).
         rules = (f"table inet {NFT_TABLE} {{\n chain forward {{ type filter hook forward priority -10; "
-                 f"iifname \"{BRIDGE_PREFIX}*\" drop; oifname \"{BRIDGE_PREFIX}*\" drop; }}\n}}\n")
+                 f"iifname \"{BRIDGE_PREFIX}*\" drop; oifname \"{BRIDGE_PREFIX}*\" drop; }}\n"
+                 f" chain input {{ type filter hook input priority -10; "
+                 f"iifname \"{BRIDGE_PREFIX}*\" fib daddr . iif type != {{ local, broadcast, multicast }} drop; }}\n"
+                 f"}}\n")
         run("nft", "-f", "-", input=f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n{rules}")
 
     def ensure_proxy(self) -> None:
