@@ -267,8 +267,9 @@ async def test_daily_loss_limit_fires_kill_switch(sim: SimServer, bot_db_url: st
         await bot.stop()
 
 
-async def test_restart_reconciles_pending_unknown_and_foreign_orders(sim: SimServer, bot_db_url: str) -> None:
-    """Crash recovery: the database is the bot's memory, the venue is the truth."""
+async def test_restart_reconciles_pending_unknown_and_foreign_orders(sim: SimServer, db_url: str) -> None:
+    """Crash recovery: the database is the bot's memory, the venue is the truth (SQLite and PostgreSQL)."""
+    bot_db_url = db_url
     cfg = bot_config(sim, bot_db_url)
     store = Store(bot_db_url)
     store.migrate()
@@ -351,3 +352,66 @@ async def test_graceful_shutdown_cancels_and_flushes(sim: SimServer, bot_db_url:
     assert {o.status for o in stored} == {OrderStatus.FILLED, OrderStatus.CANCELED}
     assert bot.engine.submit_intent(market()) is None
     assert bot.engine.metrics.rejects["shutting_down"] == 1
+
+
+async def test_timeout_after_accept_is_unknown_then_resolved(sim: SimServer, bot_db_url: str) -> None:
+    cfg = bot_config(sim, bot_db_url)
+    cfg.venue.timeout_s = 0.3
+    bot = await BotRuntime.start(cfg, SECRETS, http_port=0)
+    try:
+        await bot.engine.wait_for(bot.engine.ready)
+        sim.set_faults(order_stall_after_accept_next=1, stall_s=1.0)
+        order = place(bot, market())
+        await bot.engine.wait_for(lambda: order.status is OrderStatus.UNKNOWN or order.status.is_terminal)
+        await wait_settled(bot, sim)
+        assert order.status is OrderStatus.FILLED and order.submit_attempts == 1
+        assert bot.engine.metrics.venue_errors["unknown_outcome"] == 1
+        assert sim.exchange.accepted_orders == 1
+        assert_invariants(bot, sim)
+    finally:
+        await bot.stop()
+
+
+async def test_rest_breaker_open_degrades_to_reducing(bot: BotRuntime, sim: SimServer) -> None:
+    engine = bot.engine
+    breaker = engine.breakers["rest"]
+    breaker.reset_after_s = 3600
+    breaker.trip()
+    await engine.wait_for(lambda: engine.risk.state is TradingState.REDUCING)
+    assert engine.submit_intent(market()) is None
+    assert engine.metrics.rejects["breaker_rest"] == 1
+    # Once half-open, the next successful poll (the probe) closes it and trading resumes.
+    breaker.reset_after_s = 0
+    await engine.wait_for(lambda: engine.risk.state is TradingState.ACTIVE, timeout=5)
+    place(bot, market())
+    await wait_settled(bot, sim)
+    assert_invariants(bot, sim)
+
+
+async def test_kill_switch_from_config_cancels_at_start(sim: SimServer, bot_db_url: str) -> None:
+    bid, _ = sim.exchange.top(SYM)
+    sim.exchange.new_order(
+        {"symbol": SYM, "side": "BUY", "type": "LIMIT", "quantity": "0.01", "price": str(bid - 100),
+         "newClientOrderId": "left-over"},
+        1,
+    )  # fmt: skip
+    cfg = bot_config(sim, bot_db_url)
+    cfg.start_halted = True
+    bot = await BotRuntime.start(cfg, SECRETS, http_port=0)
+    try:
+        engine = bot.engine
+        await engine.wait_for(lambda: engine.ready() and not sim.exchange.open[SYM])
+        assert engine.risk.state is TradingState.HALTED
+        assert engine.risk.halt_reason == "config:start_halted"
+        assert engine.submit_intent(market()) is None
+    finally:
+        await bot.stop()
+
+
+async def test_connection_age_limit_rotates_before_24h(bot: BotRuntime, sim: SimServer) -> None:
+    connections = sim.connections
+    bot.engine.md.max_age_s = 0.05  # stands in for the venue's 24 h limit
+    await bot.engine.wait_for(lambda: sim.connections > connections)
+    bot.engine.md.max_age_s = 23 * 3600
+    await bot.engine.wait_for(bot.engine.ready, timeout=5)
+    assert_invariants(bot, sim)

@@ -617,7 +617,7 @@ class Engine:
                 except Exception as exc:  # noqa: BLE001
                     self._db_failed(exc)
             self._update_degradations()
-            if not self.reconciled:
+            if not self.reconciled or not self.breakers["rest"].allow():
                 await self._notify()  # readiness is time-dependent: let waiters re-check
                 continue
             try:

@@ -32,6 +32,10 @@ class Faults:
     order_5xx_after_accept_next: int = 0  # accept the order, then answer 5xx (outcome unknown to the bot)
     order_5xx_before_accept_next: int = 0  # answer 5xx without accepting
     error_status: int = 504
+    order_stall_after_accept_next: int = (
+        0  # accept the order, then answer only after stall_s (client times out)
+    )
+    stall_s: float = 3.0
     rate_limit_next: int = 0  # 429 for the next N signed requests
     ban_next: int = 0  # 418 for the next N signed requests
     retry_after_s: int = 1
@@ -405,6 +409,9 @@ class SimServer:
             order = self._track_fills(lambda: self.exchange.new_order(params, self.now_ms()))
         except SimError as exc:
             return self._err(exc.status, exc.code, exc.msg)
+        if f.order_stall_after_accept_next > 0:
+            f.order_stall_after_accept_next -= 1
+            await asyncio.sleep(f.stall_s)  # the venue is slow: the bot's timeout fires first
         if f.order_5xx_after_accept_next > 0:
             f.order_5xx_after_accept_next -= 1
             return self._err(f.error_status, -1000, "An unknown error occurred while processing the request.")
