@@ -197,10 +197,14 @@ class Lab:
                     run("ip", "addr", "add", addr, "dev", br)
         # The per-bridge nf_call_iptables=0 is OR'ed with the global sysctl: with br_netfilter loaded the
         # frames between hosts of one zone would still hit the forward chain below and be dropped.
-        for family in ("iptables", "ip6tables", "arptables"):
-            knob = Path(f"/proc/sys/net/bridge/bridge-nf-call-{family}")
-            if knob.exists():
-                knob.write_text("0\n")
+        # The machine's values are saved first and put back by `lab down`.
+        saved = RUN_DIR / "bridge-nf.json"
+        knobs = {f: Path(f"/proc/sys/net/bridge/bridge-nf-call-{f}") for f in ("iptables", "ip6tables", "arptables")}
+        knobs = {f: k for f, k in knobs.items() if k.exists()}
+        if not saved.exists():
+            saved.write_text(json.dumps({f: k.read_text().strip() for f, k in knobs.items()}))
+        for knob in knobs.values():
+            knob.write_text("0\n")
         # The controller must never route between lab zones or out of the lab (no internet for hosts), and
         # answers on a lab network only for its own address there (strong host model: the simulated
         # internet must not reach its management address through its internet leg).
@@ -397,6 +401,11 @@ class Lab:
             if name.startswith((BRIDGE_PREFIX, VETH_PREFIX)):
                 run("ip", "link", "del", name, check=False)
         run("nft", "delete", "table", "inet", NFT_TABLE, check=False)
+        saved = RUN_DIR / "bridge-nf.json"
+        if saved.exists():
+            for family, value in json.loads(saved.read_text()).items():
+                with contextlib.suppress(OSError):
+                    Path(f"/proc/sys/net/bridge/bridge-nf-call-{family}").write_text(f"{value}\n")
         for m in _mounts_under(RUN_DIR):
             run("umount", "-l", m, check=False)
         shutil.rmtree(RUN_DIR, ignore_errors=True)
