@@ -76,7 +76,7 @@ def lab_summary(t: Topology, lab: Lab) -> str:
     ssh_cfg = lab.out / "ssh_config"
     return "\n".join([
         f"rampart lab '{t.name}' ({t.source})", "",
-        table(rows, ["host", "zone", "mgmt/access", "zone address", "state", "roles", "services"]), "",
+        table(rows, ["host", "zone", "mgmt/access", "zone address", "state", "roles", "declared services"]), "",
         "reach a host:      ssh -F " + str(ssh_cfg) + " bot01",
         "run a playbook:    .venv/bin/ansible-playbook -i inventory/lab playbooks/site.yml",
         "explain the flows: .venv/bin/rampart topology rules",
