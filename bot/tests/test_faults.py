@@ -67,7 +67,9 @@ def assert_invariants(bot: BotRuntime, sim: SimServer) -> None:
     assert sorted((f.symbol, f.trade_id) for f in db_fills) == sorted(sim_trade_ids(sim))
     # Position equals what the venue actually executed.
     venue_pos = sum(
-        (D(t["qty"]) if t["isBuyer"] else -D(t["qty"])) - D(t["commission"]) for t in sim.exchange.trades[SYM]
+        (D(t["qty"]) if t["isBuyer"] else -D(t["qty"]))
+        - (D(t["commission"]) if t["commissionAsset"] == "BTC" else 0)
+        for t in sim.exchange.trades[SYM]
     )
     assert engine.tracker.position(SYM) == venue_pos
 
@@ -414,4 +416,19 @@ async def test_connection_age_limit_rotates_before_24h(bot: BotRuntime, sim: Sim
     await bot.engine.wait_for(lambda: sim.connections > connections)
     bot.engine.md.max_age_s = 23 * 3600
     await bot.engine.wait_for(bot.engine.ready, timeout=5)
+    assert_invariants(bot, sim)
+
+
+async def test_commissions_keep_positions_and_balances_consistent(bot: BotRuntime, sim: SimServer) -> None:
+    sim.exchange.commission_rate = D("0.001")
+    place(bot, market(Side.BUY, "0.02"))
+    place(bot, market(Side.SELL, "0.01"))
+    await wait_settled(bot, sim)
+    engine = bot.engine
+    assert engine.tracker.position(SYM) == D("0.00998")  # 0.02 - 0.00002 fee - 0.01
+    assert engine.tracker.positions[SYM].fees_quote > 0
+    ok = engine.metrics.reconciliations["ok"]
+    sim.drop_sockets()
+    await engine.wait_for(lambda: engine.metrics.reconciliations["ok"] > ok and engine.ready())
+    assert "balance" not in engine.metrics.mismatches  # our bookkeeping predicted the venue exactly
     assert_invariants(bot, sim)

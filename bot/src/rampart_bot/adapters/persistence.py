@@ -132,6 +132,8 @@ class Store:
         else:
             kwargs["pool_pre_ping"] = True
             kwargs["pool_size"] = 2
+            # A dead database must fail fast: the order path runs on the event loop.
+            kwargs["connect_args"] = {"connect_timeout": 3}
         self.engine: Engine = create_engine(url, **kwargs)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)

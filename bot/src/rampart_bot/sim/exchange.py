@@ -264,7 +264,19 @@ class Exchange:
     def _fill(self, order: SimOrder, price: Decimal, qty: Decimal, now_ms: int, maker: bool) -> None:
         sym = self.symbols[order.symbol]
         quote = price * qty
-        commission = (qty * self.commission_rate).quantize(sym.step_size) if self.commission_rate else ZERO
+        # Commission is taken from what the account receives: base on buys, quote on sells.
+        if order.side == "BUY":
+            commission = (
+                (qty * self.commission_rate).quantize(sym.step_size) if self.commission_rate else ZERO
+            )
+            commission_asset = sym.base
+        else:
+            commission = (
+                (quote * self.commission_rate).quantize(Decimal("0.00000001"))
+                if self.commission_rate
+                else ZERO
+            )
+            commission_asset = sym.quote
         base_bal = self.balances.setdefault(sym.base, [ZERO, ZERO])
         quote_bal = self.balances.setdefault(sym.quote, [ZERO, ZERO])
         if order.side == "BUY":
@@ -274,7 +286,7 @@ class Exchange:
             base_bal[0] += qty - commission
         else:
             base_bal[1] -= qty
-            quote_bal[0] += quote
+            quote_bal[0] += quote - commission
         order.executed += qty
         order.quote_executed += quote
         order.status = "FILLED" if order.executed >= order.qty else "PARTIALLY_FILLED"
@@ -290,7 +302,7 @@ class Exchange:
             "qty": fmt(qty),
             "quoteQty": fmt(quote),
             "commission": fmt(commission),
-            "commissionAsset": sym.base,
+            "commissionAsset": commission_asset,
             "time": now_ms,
             "isBuyer": order.side == "BUY",
             "isMaker": maker,
