@@ -35,5 +35,11 @@ if grep -qE 'changed=[1-9]|failed=[1-9]' "$logdir/second.log"; then
 fi
 echo "idempotence: ok (changed=0 on every host); no-op converge: $((SECONDS - t0)) s"
 
-echo "== lab suites"
-scripts/pytest.sh tests/lab tests/compliance tests/segmentation
+status=0
+echo "== smoke (tests/lab)"
+scripts/pytest.sh tests/lab || status=1
+echo "== compliance (tests/compliance; JUnit XML in build/compliance.xml)"
+scripts/pytest.sh tests/compliance || status=1
+echo "== segmentation (tests/segmentation: the zone-to-zone matrix with real packets, the admin path)"
+scripts/pytest.sh -s tests/segmentation || status=1
+exit $status

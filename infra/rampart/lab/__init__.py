@@ -30,6 +30,7 @@ SUITE = "bookworm"
 CGROUP = "rampart-lab"
 BRIDGE_PREFIX, VETH_PREFIX = "rl-", "rv-"
 NFT_TABLE = "rampart_lab"
+LAB_ROUTE_PROTO = "242"  # marks the lab's own unreachable routes (see ensure_network)
 OPS_USER = "ops"
 LAUNCHER = Path(__file__).with_name("launch.sh")
 BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "python3",
@@ -116,7 +117,8 @@ class Lab:
         routes = json.loads(run("ip", "-j", "-4", "route", "show", "table", "all").stdout or "[]")
         for r in routes:
             dst, dev = r.get("dst", ""), r.get("dev", "")
-            if dev.startswith(BRIDGE_PREFIX) or dst in ("default", "") or r.get("type") in ("local", "broadcast"):
+            if dev.startswith(BRIDGE_PREFIX) or dst in ("default", "") or r.get("type") in ("local", "broadcast") \
+                    or str(r.get("protocol")) == LAB_ROUTE_PROTO:
                 continue
             try:
                 net = ipaddress.IPv4Network(dst, strict=False)
@@ -195,6 +197,11 @@ class Lab:
                 have = run("ip", "-4", "-o", "addr", "show", "dev", br).stdout
                 if addr not in have:
                     run("ip", "addr", "add", addr, "dev", br)
+        # Zones the controller has no leg in answer "unreachable" on the controller instead of following the
+        # machine's default route: no probe or typo ever sends lab traffic out of this machine.
+        for zone in self.topo.zones.values():
+            if zone.name not in ctl.addresses:
+                run("ip", "route", "replace", "unreachable", str(zone.cidr), "proto", LAB_ROUTE_PROTO)
         # The per-bridge nf_call_iptables=0 is OR'ed with the global sysctl: with br_netfilter loaded the
         # frames between hosts of one zone would still hit the forward chain below and be dropped.
         # The machine's values are saved first and put back by `lab down`.
@@ -401,6 +408,7 @@ class Lab:
             if name.startswith((BRIDGE_PREFIX, VETH_PREFIX)):
                 run("ip", "link", "del", name, check=False)
         run("nft", "delete", "table", "inet", NFT_TABLE, check=False)
+        run("ip", "route", "flush", "proto", LAB_ROUTE_PROTO, check=False)
         saved = RUN_DIR / "bridge-nf.json"
         if saved.exists():
             for family, value in json.loads(saved.read_text()).items():
