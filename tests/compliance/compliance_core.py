@@ -22,7 +22,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 WAIVERS = HERE / "waivers.yml"
-ID_RE = re.compile(r"^(os|package|sysctl|sshd|ssh|rampart)-[a-z0-9-]+$")
+ID_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")  # os-01, sysctl-31a, sshd-27, rampart-net-01 …
 
 
 # --- registry ------------------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ def control(cid: str, title: str, *, applies: Callable[[Facts], bool] | None = N
             units: Iterable[str] = ()):
     """Register a control. `sysctl`, `stat`, `read` and `units` name what the collector must fetch."""
     if not ID_RE.match(cid):
-        raise ValueError(f"control id {cid!r} does not look like os-/package-/sysctl-/sshd-/rampart-…")
+        raise ValueError(f"control id {cid!r} does not look like family-number (os-01, rampart-net-01)")
 
     def register(fn: Callable[[Facts], None]) -> Callable[[Facts], None]:
         if cid in CONTROLS:

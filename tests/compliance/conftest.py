@@ -33,7 +33,10 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    if getattr(config.option, "xmlpath", None) is None and not config.option.collectonly:
+    # Default JUnit file when only this suite runs (combined runs choose their own --junitxml).
+    here = Path(__file__).resolve().parent
+    only_this = config.args and all(Path(a.split("::")[0]).resolve().is_relative_to(here) for a in config.args)
+    if getattr(config.option, "xmlpath", None) is None and not config.option.collectonly and only_this:
         DEFAULT_JUNIT.parent.mkdir(exist_ok=True)
         config.option.xmlpath = str(DEFAULT_JUNIT)
 
