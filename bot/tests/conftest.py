@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from rampart_bot.adapters.persistence import Store
 from rampart_bot.adapters.secrets import Secret
@@ -22,6 +23,10 @@ from rampart_bot.core.risk import RiskLimits
 from rampart_bot.service.config import BotConfig, parse_config
 from rampart_bot.service.runtime import BotRuntime
 from rampart_bot.sim.server import SimServer
+
+# Deterministic fuzzing: the same examples on every run (no flakes), no example database on disk.
+settings.register_profile("rampart", derandomize=True, database=None, deadline=None)
+settings.load_profile("rampart")
 
 API_KEY = "test-key"
 API_SECRET = "test-secret"

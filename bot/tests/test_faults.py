@@ -6,6 +6,7 @@ fills, and the expected trading state and readiness.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from decimal import Decimal as D
 
@@ -116,14 +117,17 @@ async def test_5xx_before_accept_resent_with_same_client_id(bot: BotRuntime, sim
 
 
 async def test_429_rejects_locally_backs_off_and_recovers(bot: BotRuntime, sim: SimServer) -> None:
-    sim.set_faults(rate_limit_next=1, retry_after_s=1)
+    sim.set_faults(rate_limit_next=1, retry_after_s=60)
     order = place(bot, market())
     await bot.engine.wait_for(lambda: order.status is OrderStatus.REJECTED)
     assert order.reason == "rate_limited"
     await bot.engine.wait_for(lambda: bot.engine.risk.state is TradingState.REDUCING)
     # While backing off, nothing is sent: new risk is refused before the venue sees it.
     assert bot.engine.submit_intent(market()) is None
+    requests = len(sim.request_log)
+    bot.engine.rest.blocked_until = time.monotonic()  # the Retry-After window has passed
     await bot.engine.wait_for(lambda: bot.engine.risk.state is TradingState.ACTIVE, timeout=5)
+    assert all(path != "/api/v3/order" for _, path, _ in sim.request_log[requests:])
     second = place(bot, market())
     await wait_settled(bot, sim)
     assert second.status is OrderStatus.FILLED
@@ -132,7 +136,7 @@ async def test_429_rejects_locally_backs_off_and_recovers(bot: BotRuntime, sim: 
 
 
 async def test_418_halts_trading_until_operator_resumes(bot: BotRuntime, sim: SimServer) -> None:
-    sim.set_faults(ban_next=1, retry_after_s=1)
+    sim.set_faults(ban_next=1, retry_after_s=60)
     order = place(bot, market())
     await bot.engine.wait_for(lambda: bot.engine.risk.state is TradingState.HALTED)
     assert order.status is OrderStatus.REJECTED and order.reason == "ip_banned"
@@ -140,6 +144,7 @@ async def test_418_halts_trading_until_operator_resumes(bot: BotRuntime, sim: Si
     assert bot.engine.submit_intent(market()) is None
     rejects = bot.engine.metrics.rejects
     assert rejects.get("halted", 0) + rejects.get("not_reconciled", 0) >= 1
+    bot.engine.rest.blocked_until = time.monotonic()  # the ban has expired
     assert bot.engine.resume()["ok"]
     await bot.engine.wait_for(
         lambda: bot.engine.risk.state is TradingState.ACTIVE and bot.engine.ready(), timeout=8

@@ -74,3 +74,22 @@ async def test_query_unknown_order_maps_to_not_found(sim: SimServer) -> None:
             await rest.query_order("BTCUSDT", "nope")
         # cancel-all with nothing open is a no-op for us (-2011 swallowed)
         assert await rest.cancel_all("BTCUSDT") == []
+
+
+async def test_rate_limit_and_ban_block_sending_until_retry_after(sim: SimServer) -> None:
+    from rampart_bot.adapters.binance_rest import IpBanned, RateLimited
+
+    async with aiohttp.ClientSession() as session:
+        rest = BinanceRest(session, sim.base_url, Secret(API_KEY), Secret(API_SECRET))
+        sim.set_faults(ban_next=1, retry_after_s=120)
+        with pytest.raises(IpBanned):
+            await rest.account()
+        sent = rest.request_count
+        with pytest.raises(IpBanned):  # refused locally: a banned client must not keep knocking
+            await rest.account()
+        assert rest.request_count == sent
+        rest.blocked_until = 0
+        sim.set_faults(rate_limit_next=1, retry_after_s=120)
+        with pytest.raises(RateLimited) as err:
+            await rest.account()
+        assert not isinstance(err.value, IpBanned) and err.value.retry_after_s == 120
