@@ -265,7 +265,7 @@ async def test_daily_loss_limit_fires_kill_switch(sim: SimServer, bot_db_url: st
         await bot.engine.wait_for(bot.engine.ready)
         place(bot, market(qty="0.1"))
         await wait_settled(bot, sim)
-        sim.tick_interval_s = 0  # freeze the random walk; drive the price by hand
+        sim.paused = True  # freeze the random walk; drive the price by hand
         await sim.step(SYM, mid=sim.exchange.symbols[SYM].mid - D("1000"))
         await bot.engine.wait_for(lambda: bot.engine.risk.state is TradingState.HALTED)
         assert bot.engine.risk.halt_reason == "daily_loss_limit"

@@ -98,6 +98,7 @@ class SimServer:
         self.exchange = exchange or default_exchange()
         self.faults = Faults()
         self.tick_interval_s = tick_interval_s
+        self.paused = False  # tests freeze the price process and drive it with step()
         self.trades_per_tick = trades_per_tick
         self.clients: set[_Client] = set()
         self.request_log: list[tuple[str, str, dict[str, str]]] = []
@@ -244,7 +245,8 @@ class SimServer:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.tick_interval_s)
-            await self.step()
+            if not self.paused:
+                await self.step()
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
         if "load" in request.query:
