@@ -437,3 +437,21 @@ async def test_commissions_keep_positions_and_balances_consistent(bot: BotRuntim
     await engine.wait_for(lambda: engine.metrics.reconciliations["ok"] > ok and engine.ready())
     assert "balance" not in engine.metrics.mismatches  # our bookkeeping predicted the venue exactly
     assert_invariants(bot, sim)
+
+
+async def test_partial_fills_accumulate_without_loss(bot: BotRuntime, sim: SimServer) -> None:
+    sim.paused = True
+    mid = sim.exchange.symbols[SYM].mid
+    bid, _ = sim.exchange.top(SYM)
+    price = bid - D("50")
+    order = place(bot, OrderIntent(SYM, Side.BUY, D("3"), price))  # top size is 1.5: two steps to fill
+    await bot.engine.wait_for(lambda: order.status is OrderStatus.NEW)
+    await sim.step(SYM, mid=price - D("5"))
+    await bot.engine.wait_for(lambda: order.status is OrderStatus.PARTIALLY_FILLED and settled(bot, sim))
+    assert bot.engine.tracker.position(SYM) == D("1.5")
+    await sim.step(SYM, mid=price - D("6"))
+    await bot.engine.wait_for(lambda: order.status is OrderStatus.FILLED and settled(bot, sim))
+    assert bot.engine.tracker.position(SYM) == D("3")
+    assert len(sim.exchange.trades[SYM]) == 2
+    await sim.step(SYM, mid=mid)
+    assert_invariants(bot, sim)

@@ -257,9 +257,12 @@ class Exchange:
             return  # nothing can cross: skip the scan (keeps the simulator fast with many resting orders)
         self._best_buy.pop(symbol, None)
         self._best_sell.pop(symbol, None)
+        # Resting orders fill at most the displayed top size per price step, so big orders fill
+        # partially over several steps (PARTIALLY_FILLED is a real state the bot must handle).
+        top = self.symbols[symbol].top_qty
         for order in list(book.values()):
-            if order.side == "BUY" and ask <= order.price or order.side == "SELL" and bid >= order.price:
-                self._fill(order, order.price, order.qty - order.executed, now_ms, maker=True)
+            if (order.side == "BUY" and ask <= order.price) or (order.side == "SELL" and bid >= order.price):
+                self._fill(order, order.price, min(order.qty - order.executed, top), now_ms, maker=True)
 
     def _fill(self, order: SimOrder, price: Decimal, qty: Decimal, now_ms: int, maker: bool) -> None:
         sym = self.symbols[order.symbol]
