@@ -84,7 +84,9 @@ async def raw_floor(session: aiohttp.ClientSession, port: int) -> float:
 def bench_engine(db_url: str) -> Engine:
     cfg = parse_config(
         {
-            "strategy": {"name": "mean_reversion", "params": {"qty": "0.001", "threshold": "0.00001"}},
+            # The pinger emits an intent every 20 book ticks, so the risk gate runs on the hot path
+            # (approved until max_position is reached, denied after that).
+            "strategy": {"name": "pinger", "params": {"qty": "0.001", "every": 20, "offset_ticks": 100}},
             "database": {"url": db_url},
         },
         "<bench>",
