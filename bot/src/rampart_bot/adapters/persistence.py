@@ -152,6 +152,12 @@ class Store:
         self._balance_upsert = _upsert(ins, balances, ["asset"])
         self._event_insert = events.insert()
         self._hot: Connection | None = None
+        # Named placeholders in the driver's own style (sqlite3 ":name", psycopg "%(name)s").
+        style = (lambda c: f":{c}") if self.engine.dialect.name == "sqlite" else (lambda c: f"%({c})s")
+        cols = [c.name for c in orders.columns]
+        self._raw_order_insert = (
+            f"INSERT INTO orders ({', '.join(cols)}) VALUES ({', '.join(style(c) for c in cols)})"
+        )
 
     @property
     def dialect(self) -> str:
@@ -239,7 +245,33 @@ class Store:
             raise
 
     def insert_order(self, order: Order) -> None:
-        self._hot_execute(self._order_insert, self._order_row(order))
+        """The one write on the tick-to-order path: a prepared INSERT on the driver connection.
+
+        SQLAlchemy's statement machinery costs more than the insert itself here; the SQL text is
+        generated once from the same table definition for whichever dialect is in use.
+        """
+        conn = self._hot
+        if conn is None:
+            conn = self._hot = self.engine.connect()
+        try:
+            if conn.in_transaction():
+                conn.commit()
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None
+            cur = dbapi.cursor()
+            try:
+                cur.execute(self._raw_order_insert, self._order_row(order))
+            finally:
+                cur.close()
+            dbapi.commit()
+        except Exception:
+            self._hot = None
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
+            raise
 
     def save_order(self, order: Order) -> None:
         self._hot_execute(self._order_upsert, self._order_row(order))
