@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from hypothesis import settings
 
 from rampart_bot.adapters.persistence import Store
@@ -152,7 +153,7 @@ def store(db_url: str) -> Iterator[Store]:
 
 
 # -- simulator and bot ---------------------------------------------------------------------------
-@pytest.fixture
+@pytest_asyncio.fixture
 async def sim() -> AsyncIterator[SimServer]:
     server = SimServer(API_KEY, API_SECRET, tick_interval_s=0.01)
     await server.start()
@@ -191,7 +192,7 @@ def bot_db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'bot.sqlite3'}"
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def bot(sim: SimServer, bot_db_url: str) -> AsyncIterator[BotRuntime]:
     runtime = await BotRuntime.start(bot_config(sim, bot_db_url), SECRETS, http_port=0)
     await runtime.engine.wait_for(runtime.engine.ready, timeout=10)

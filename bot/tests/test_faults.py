@@ -75,6 +75,7 @@ def assert_invariants(bot: BotRuntime, sim: SimServer) -> None:
     assert engine.tracker.position(SYM) == venue_pos
 
 
+@pytest.mark.asyncio
 async def test_happy_path_market_and_limit(bot: BotRuntime, sim: SimServer) -> None:
     filled = place(bot, market())
     rest = place(bot, resting(sim))
@@ -89,6 +90,7 @@ async def test_happy_path_market_and_limit(bot: BotRuntime, sim: SimServer) -> N
 
 
 @pytest.mark.parametrize("status", [500, 503, 504])
+@pytest.mark.asyncio
 async def test_5xx_after_accept_is_unknown_then_resolved_without_duplicate(
     bot: BotRuntime, sim: SimServer, status: int
 ) -> None:
@@ -103,6 +105,7 @@ async def test_5xx_after_accept_is_unknown_then_resolved_without_duplicate(
     assert bot.engine.risk.state is TradingState.ACTIVE
 
 
+@pytest.mark.asyncio
 async def test_5xx_before_accept_resent_with_same_client_id(bot: BotRuntime, sim: SimServer) -> None:
     sim.set_faults(order_5xx_before_accept_next=1)
     order = place(bot, market())
@@ -116,6 +119,7 @@ async def test_5xx_before_accept_resent_with_same_client_id(bot: BotRuntime, sim
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_429_rejects_locally_backs_off_and_recovers(bot: BotRuntime, sim: SimServer) -> None:
     sim.set_faults(rate_limit_next=1, retry_after_s=60)
     order = place(bot, market())
@@ -135,6 +139,7 @@ async def test_429_rejects_locally_backs_off_and_recovers(bot: BotRuntime, sim: 
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_418_halts_trading_until_operator_resumes(bot: BotRuntime, sim: SimServer) -> None:
     sim.set_faults(ban_next=1, retry_after_s=60)
     order = place(bot, market())
@@ -155,6 +160,7 @@ async def test_418_halts_trading_until_operator_resumes(bot: BotRuntime, sim: Si
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_clock_skew_resynced_and_order_sent_once(bot: BotRuntime, sim: SimServer) -> None:
     sim.set_faults(clock_skew_ms=45_000)
     order = place(bot, market())
@@ -165,6 +171,7 @@ async def test_clock_skew_resynced_and_order_sent_once(bot: BotRuntime, sim: Sim
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_duplicate_fills_are_applied_once(bot: BotRuntime, sim: SimServer) -> None:
     sim.set_faults(duplicate_fills=True)
     for _ in range(3):
@@ -178,6 +185,7 @@ async def test_duplicate_fills_are_applied_once(bot: BotRuntime, sim: SimServer)
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_late_fills_are_not_lost(bot: BotRuntime, sim: SimServer) -> None:
     sim.set_faults(hold_fills=True)
     order = place(bot, market())
@@ -195,6 +203,7 @@ async def test_late_fills_are_not_lost(bot: BotRuntime, sim: SimServer) -> None:
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_dropped_socket_reconnects_and_reconciles(bot: BotRuntime, sim: SimServer) -> None:
     place(bot, market())
     await wait_settled(bot, sim)
@@ -209,6 +218,7 @@ async def test_dropped_socket_reconnects_and_reconciles(bot: BotRuntime, sim: Si
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_stalled_socket_detected_and_readiness_drops(bot: BotRuntime, sim: SimServer) -> None:
     sim.set_faults(stall=True)
     await bot.engine.wait_for(lambda: not bot.engine.readiness_checks()["feed_fresh"], timeout=5)
@@ -220,6 +230,7 @@ async def test_stalled_socket_detected_and_readiness_drops(bot: BotRuntime, sim:
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_server_shutdown_rotation_reconnects_promptly(bot: BotRuntime, sim: SimServer) -> None:
     connections = sim.connections
     assert await sim.rotate() == 1
@@ -230,6 +241,7 @@ async def test_server_shutdown_rotation_reconnects_promptly(bot: BotRuntime, sim
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_kill_switch_via_api_is_safe_to_fire_twice(bot: BotRuntime, sim: SimServer) -> None:
     for _ in range(3):
         place(bot, resting(sim))
@@ -257,6 +269,7 @@ async def test_kill_switch_via_api_is_safe_to_fire_twice(bot: BotRuntime, sim: S
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_daily_loss_limit_fires_kill_switch(sim: SimServer, bot_db_url: str) -> None:
     cfg = bot_config(sim, bot_db_url)
     cfg.limits = cfg.limits.__class__(D("5"), D("1000000"), D("50"), 1000)
@@ -274,6 +287,7 @@ async def test_daily_loss_limit_fires_kill_switch(sim: SimServer, bot_db_url: st
         await bot.stop()
 
 
+@pytest.mark.asyncio
 async def test_restart_reconciles_pending_unknown_and_foreign_orders(sim: SimServer, db_url: str) -> None:
     """Crash recovery: the database is the bot's memory, the venue is the truth (SQLite and PostgreSQL)."""
     bot_db_url = db_url
@@ -327,6 +341,7 @@ async def test_restart_reconciles_pending_unknown_and_foreign_orders(sim: SimSer
         await bot.stop()
 
 
+@pytest.mark.asyncio
 async def test_database_failure_halts_then_recovers(bot: BotRuntime, sim: SimServer) -> None:
     engine = bot.engine
     real_insert = engine.store.insert_order
@@ -347,6 +362,7 @@ async def test_database_failure_halts_then_recovers(bot: BotRuntime, sim: SimSer
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_graceful_shutdown_cancels_and_flushes(sim: SimServer, bot_db_url: str) -> None:
     bot = await BotRuntime.start(bot_config(sim, bot_db_url), SECRETS, http_port=0)
     await bot.engine.wait_for(bot.engine.ready)
@@ -361,6 +377,7 @@ async def test_graceful_shutdown_cancels_and_flushes(sim: SimServer, bot_db_url:
     assert bot.engine.metrics.rejects["shutting_down"] == 1
 
 
+@pytest.mark.asyncio
 async def test_timeout_after_accept_is_unknown_then_resolved(sim: SimServer, bot_db_url: str) -> None:
     cfg = bot_config(sim, bot_db_url)
     cfg.venue.timeout_s = 0.3
@@ -379,6 +396,7 @@ async def test_timeout_after_accept_is_unknown_then_resolved(sim: SimServer, bot
         await bot.stop()
 
 
+@pytest.mark.asyncio
 async def test_rest_breaker_open_degrades_to_reducing(bot: BotRuntime, sim: SimServer) -> None:
     engine = bot.engine
     breaker = engine.breakers["rest"]
@@ -395,6 +413,7 @@ async def test_rest_breaker_open_degrades_to_reducing(bot: BotRuntime, sim: SimS
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_kill_switch_from_config_cancels_at_start(sim: SimServer, bot_db_url: str) -> None:
     bid, _ = sim.exchange.top(SYM)
     sim.exchange.new_order(
@@ -415,6 +434,7 @@ async def test_kill_switch_from_config_cancels_at_start(sim: SimServer, bot_db_u
         await bot.stop()
 
 
+@pytest.mark.asyncio
 async def test_connection_age_limit_rotates_before_24h(bot: BotRuntime, sim: SimServer) -> None:
     connections = sim.connections
     bot.engine.md.max_age_s = 0.05  # stands in for the venue's 24 h limit
@@ -424,6 +444,7 @@ async def test_connection_age_limit_rotates_before_24h(bot: BotRuntime, sim: Sim
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_commissions_keep_positions_and_balances_consistent(bot: BotRuntime, sim: SimServer) -> None:
     sim.exchange.commission_rate = D("0.001")
     place(bot, market(Side.BUY, "0.02"))
@@ -439,6 +460,7 @@ async def test_commissions_keep_positions_and_balances_consistent(bot: BotRuntim
     assert_invariants(bot, sim)
 
 
+@pytest.mark.asyncio
 async def test_partial_fills_accumulate_without_loss(bot: BotRuntime, sim: SimServer) -> None:
     sim.paused = True
     mid = sim.exchange.symbols[SYM].mid

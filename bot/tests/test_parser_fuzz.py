@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -120,6 +121,7 @@ def test_huge_and_hostile_messages_are_dropped() -> None:
     assert parse_market_message("[" * 10000, stats) is None
 
 
+@pytest.mark.asyncio
 async def test_corrupt_frames_counted_in_engine_and_strategy_never_sees_them() -> None:
     """Through the engine's real dispatch: corrupt frames are counted, the strategy gets nothing."""
     from rampart_bot.adapters.persistence import Store

@@ -31,6 +31,7 @@ def test_secret_is_redacted_everywhere() -> None:
     assert s.reveal() == "hunter2"
 
 
+@pytest.mark.asyncio
 async def test_dotenv_does_not_touch_environment(tmp_path: Path) -> None:
     env = tmp_path / ".env"
     env.write_text("API_KEY=key\nAPI_SECRET=sec\nOPERATOR_TOKEN=tok\n")
@@ -40,6 +41,7 @@ async def test_dotenv_does_not_touch_environment(tmp_path: Path) -> None:
     assert dict(os.environ) == before
 
 
+@pytest.mark.asyncio
 async def test_credentials_directory(tmp_path: Path) -> None:
     for name in REQUIRED_SECRETS:
         (tmp_path / name).write_text(f"{name}-value\n")
@@ -50,6 +52,7 @@ async def test_credentials_directory(tmp_path: Path) -> None:
         await CredentialsDirProvider(tmp_path).load(REQUIRED_SECRETS)
 
 
+@pytest.mark.asyncio
 async def test_vault_approle_kv2_and_token_renewal(tmp_path: Path, aiohttp_unused_port=None) -> None:  # noqa: ANN001
     calls: list[str] = []
 
@@ -101,6 +104,7 @@ async def test_vault_approle_kv2_and_token_renewal(tmp_path: Path, aiohttp_unuse
         await runner.cleanup()
 
 
+@pytest.mark.asyncio
 async def test_vault_unreachable_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "role_id").write_text("rid")
     (tmp_path / "secret_id").write_text("sid")

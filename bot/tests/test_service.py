@@ -11,6 +11,7 @@ import sys
 
 import aiohttp
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rampart_bot.adapters.binance_ws import ParseStats, parse_market_message
@@ -53,6 +54,7 @@ DOCUMENTED_METRICS = {
 }
 
 
+@pytest.mark.asyncio
 async def test_health_ready_metrics_and_auth(bot: BotRuntime, sim: SimServer) -> None:
     base = f"http://127.0.0.1:{bot.port}"
     async with aiohttp.ClientSession() as http:
@@ -97,6 +99,7 @@ async def test_health_ready_metrics_and_auth(bot: BotRuntime, sim: SimServer) ->
             assert resp.status == 503 and body["checks"]["feed_fresh"] is False
 
 
+@pytest.mark.asyncio
 async def test_sim_control_endpoint_and_state(sim: SimServer) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{sim.base_url}/sim/control", json={"faults": {"rate_limit_next": 2}}) as resp:
@@ -110,6 +113,7 @@ async def test_sim_control_endpoint_and_state(sim: SimServer) -> None:
             assert (await resp.json())["faults"]["rate_limit_next"] == 2
 
 
+@pytest.mark.asyncio
 async def test_sim_plain_stream_subscribe_and_load_mode(sim: SimServer) -> None:
     stats = ParseStats()
     async with aiohttp.ClientSession() as http:
@@ -134,6 +138,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.asyncio
 async def test_one_command_paper_mode_with_simulator(tmp_path) -> None:  # noqa: ANN001
     port = _free_port()
     cfg = tmp_path / "bot.toml"

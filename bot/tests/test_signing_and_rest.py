@@ -34,6 +34,7 @@ def test_fmt_decimal_has_no_exponent() -> None:
     assert fmt_decimal(Decimal("3E+4")) == "30000"
 
 
+@pytest.mark.asyncio
 async def test_signed_requests_accepted_and_bad_signature_refused(sim: SimServer) -> None:
     async with aiohttp.ClientSession() as session:
         good = BinanceRest(session, sim.base_url, Secret(API_KEY), Secret(API_SECRET))
@@ -45,6 +46,7 @@ async def test_signed_requests_accepted_and_bad_signature_refused(sim: SimServer
         assert err.value.code == -1022
 
 
+@pytest.mark.asyncio
 async def test_clock_skew_is_corrected_by_resync(sim: SimServer) -> None:
     sim.set_faults(clock_skew_ms=120_000)  # venue clock two minutes ahead
     async with aiohttp.ClientSession() as session:
@@ -54,6 +56,7 @@ async def test_clock_skew_is_corrected_by_resync(sim: SimServer) -> None:
         assert abs(rest.offset_ms - 120_000) < 1000
 
 
+@pytest.mark.asyncio
 async def test_clock_skew_error_mapped_when_resync_impossible(sim: SimServer) -> None:
     async with aiohttp.ClientSession() as session:
         rest = BinanceRest(session, sim.base_url, Secret(API_KEY), Secret(API_SECRET))
@@ -67,6 +70,7 @@ async def test_clock_skew_error_mapped_when_resync_impossible(sim: SimServer) ->
             await rest.account()
 
 
+@pytest.mark.asyncio
 async def test_query_unknown_order_maps_to_not_found(sim: SimServer) -> None:
     async with aiohttp.ClientSession() as session:
         rest = BinanceRest(session, sim.base_url, Secret(API_KEY), Secret(API_SECRET))
@@ -76,6 +80,7 @@ async def test_query_unknown_order_maps_to_not_found(sim: SimServer) -> None:
         assert await rest.cancel_all("BTCUSDT") == []
 
 
+@pytest.mark.asyncio
 async def test_rate_limit_and_ban_block_sending_until_retry_after(sim: SimServer) -> None:
     from rampart_bot.adapters.binance_rest import IpBanned, RateLimited
 
