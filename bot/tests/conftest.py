@@ -169,7 +169,7 @@ def bot_config(sim: SimServer, db_url: str, **runtime: object) -> BotConfig:
             "database": {"url": db_url},
             "runtime": {
                 "fill_poll_interval_s": 0.02,
-                "stale_after_s": 0.5,
+                "stale_after_s": 1.0,
                 "reconnect_base_s": 0.01,
                 "reconnect_cap_s": 0.1,
                 "breaker_reset_s": 0.2,

@@ -208,6 +208,7 @@ async def test_dropped_socket_reconnects_and_reconciles(bot: BotRuntime, sim: Si
     place(bot, market())
     await wait_settled(bot, sim)
     before = bot.engine.metrics.reconciliations["ok"]
+    await bot.engine.wait_for(lambda: len(sim.clients) == 1 and bot.engine.ready())
     assert sim.drop_sockets() == 1
     await bot.engine.wait_for(lambda: bot.engine.md.reconnects >= 1)
     await bot.engine.wait_for(
@@ -232,6 +233,7 @@ async def test_stalled_socket_detected_and_readiness_drops(bot: BotRuntime, sim:
 
 @pytest.mark.asyncio
 async def test_server_shutdown_rotation_reconnects_promptly(bot: BotRuntime, sim: SimServer) -> None:
+    await bot.engine.wait_for(lambda: len(sim.clients) == 1 and bot.engine.ready())
     connections = sim.connections
     assert await sim.rotate() == 1
     await bot.engine.wait_for(lambda: sim.connections > connections and bot.engine.ready(), timeout=5)
