@@ -121,7 +121,7 @@ async def test_5xx_before_accept_resent_with_same_client_id(bot: BotRuntime, sim
 
 @pytest.mark.asyncio
 async def test_429_rejects_locally_backs_off_and_recovers(bot: BotRuntime, sim: SimServer) -> None:
-    sim.set_faults(rate_limit_next=1, retry_after_s=60)
+    sim.set_faults(rate_limit_next=1, retry_after_s=60, limit_only="POST /api/v3/order")
     order = place(bot, market())
     await bot.engine.wait_for(lambda: order.status is OrderStatus.REJECTED)
     assert order.reason == "rate_limited"
@@ -141,7 +141,7 @@ async def test_429_rejects_locally_backs_off_and_recovers(bot: BotRuntime, sim: 
 
 @pytest.mark.asyncio
 async def test_418_halts_trading_until_operator_resumes(bot: BotRuntime, sim: SimServer) -> None:
-    sim.set_faults(ban_next=1, retry_after_s=60)
+    sim.set_faults(ban_next=1, retry_after_s=60, limit_only="POST /api/v3/order")
     order = place(bot, market())
     await bot.engine.wait_for(lambda: bot.engine.risk.state is TradingState.HALTED)
     assert order.status is OrderStatus.REJECTED and order.reason == "ip_banned"

@@ -39,6 +39,7 @@ class Faults:
     rate_limit_next: int = 0  # 429 for the next N signed requests
     ban_next: int = 0  # 418 for the next N signed requests
     retry_after_s: int = 1
+    limit_only: str = ""  # "METHOD /path": 429/418 faults hit only that endpoint (e.g. "POST /api/v3/order")
     clock_skew_ms: int = 0  # server clock runs ahead by this much
     duplicate_fills: bool = False  # myTrades lists every trade twice
     hold_fills: bool = False  # new fills hidden from myTrades until released (late fills)
@@ -346,12 +347,13 @@ class SimServer:
     async def _authenticate(self, request: web.Request) -> dict[str, str] | web.Response:
         """Check rate-limit faults, API key, HMAC signature and timestamp; return the parameters."""
         f = self.faults
-        if f.ban_next > 0:
+        targeted = not f.limit_only or f.limit_only == f"{request.method} {request.path}"
+        if f.ban_next > 0 and targeted:
             f.ban_next -= 1
             return self._err(
                 418, -1003, "Way too many requests; IP banned.", {"Retry-After": str(f.retry_after_s)}
             )
-        if f.rate_limit_next > 0:
+        if f.rate_limit_next > 0 and targeted:
             f.rate_limit_next -= 1
             return self._err(429, -1003, "Too many requests.", {"Retry-After": str(f.retry_after_s)})
         if request.headers.get("X-MBX-APIKEY") != self.api_key:
