@@ -104,6 +104,11 @@ def rampart_firewall(topology_file: str, host: str, vpn_interface: str = "wg0") 
         # The loader already rejects a topology without it; the role checks again before applying.
         "controller_ssh": host == topo.controller.name or any(
             r.path.source == topo.controller.name and r.endpoint.service == "ssh" for r in topo.inbound(host)),
+        # The controller's SSH sessions, for the output rule that keeps a session conntrack has not seen
+        # (the very first ruleset load on a host) alive.
+        "controller_sessions": _unique([
+            {"saddr": str(r.endpoint.address), "daddr": str(r.path.src_address), "port": r.endpoint.port}
+            for r in topo.inbound(host) if r.path.source == topo.controller.name and r.endpoint.service == "ssh"]),
         "inbound": _unique(inbound),
         "outbound": _unique(outbound),
         "forward": _unique(forward),
