@@ -110,6 +110,8 @@ out["files"] = {p: read(p) for p in sorted(files)}
 out["sshd"] = run("/usr/sbin/sshd -T 2>&1")
 out["packages"] = run("dpkg-query -W -f '${Package} ${db:Status-Status}\\n'")["out"]
 out["listen"] = run("ss -Htuln")["out"]
+out["nft"] = run("nft -j list ruleset")
+out["wg"] = run("wg show all dump 2>/dev/null")
 out["units"] = run("systemctl show --no-pager -p Id,LoadState,ActiveState,SubState,UnitFileState,ConditionResult "
                    + " ".join(need["units"]))["out"] if need["units"] else ""
 v = run("systemd-detect-virt --container")
@@ -148,6 +150,7 @@ class Facts:
     data: dict[str, Any]
     addresses: dict[str, str] = field(default_factory=dict)  # zone -> address, from the topology
     roles: tuple[str, ...] = ()
+    topology: Any = None  # the environment's rampart Topology (None for hosts it does not know)
     zone: str = ""
     access_address: str = ""  # the address the suite (and Ansible) reach the host on
     expected_listen: set[tuple[str, int, str]] = field(default_factory=set)  # (proto, port, address)

@@ -109,6 +109,7 @@ class Session:
         if th is not None:
             facts.addresses = {z: str(a) for z, a in th.addresses.items()}
             facts.roles = tuple(th.roles)
+            facts.topology = topo
             facts.zone = th.zone
             facts.access_address = str(topo.access_address(name))
             facts.router = "router" in th.roles

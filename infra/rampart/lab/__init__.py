@@ -25,7 +25,7 @@ from rampart.topology import Topology
 
 RUN_DIR = Path("/var/lib/rampart-lab")  # overlays, pids, logs, apt-cacher-ng state
 CACHE_DIR = Path("/var/cache/rampart")  # debootstrap base and package cache: survive `lab down`
-BASE_VERSION = 1  # bump when the base recipe below changes; the cache is keyed by it
+BASE_VERSION = 2  # bump when the base recipe below changes; the cache is keyed by it
 SUITE = "bookworm"
 CGROUP = "rampart-lab"
 BRIDGE_PREFIX, VETH_PREFIX = "rl-", "rv-"
@@ -78,7 +78,8 @@ class Lab:
     def legs(self, host: str) -> list[Leg]:
         h = self.topo.hosts[host]
         legs = []
-        for i, (zone, addr) in enumerate(h.addresses.items()):
+        wired = [(z, a) for z, a in h.addresses.items() if not self.topo.zones[z].vpn]  # vpn: wg0 on the gateway
+        for i, (zone, addr) in enumerate(wired):
             legs.append(Leg(zone, addr, self.topo.zones[zone].cidr.prefixlen, f"{VETH_PREFIX}{host}-{i}",
                             self.bridge(zone)))
         return legs
@@ -160,8 +161,7 @@ class Lab:
             key.unlink()
         chroot = ("chroot", str(root))
         run(*chroot, "systemctl", "enable", "systemd-networkd")
-        run(*chroot, "systemctl", "mask", "apt-daily.timer", "apt-daily-upgrade.timer",
-            "systemd-networkd-wait-online.service")
+        run(*chroot, "systemctl", "mask", "apt-daily.timer", "apt-daily-upgrade.timer")
         run(*chroot, "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", OPS_USER)
         # Ansible's become; the hardening role narrows sudo later.
         sudoers = root / f"etc/sudoers.d/{OPS_USER}"
