@@ -380,6 +380,10 @@ class Lab:
         _kill_cgroup(f"{CGROUP}/{host}")
         root = d / "root"
         if os.path.ismount(root):
+            # nspawn leaves a lock file per image directory (keyed by device and inode) in /run.
+            st = root.stat()
+            with contextlib.suppress(FileNotFoundError):
+                (Path("/run/systemd/nspawn/locks") / f"inode-{st.st_dev}:{st.st_ino}").unlink()
             run("umount", str(root), check=False)
             if os.path.ismount(root):
                 run("umount", "-l", str(root), check=False)
@@ -418,6 +422,9 @@ class Lab:
             run("umount", "-l", m, check=False)
         shutil.rmtree(RUN_DIR, ignore_errors=True)
         shutil.rmtree(self.out, ignore_errors=True)
+        for sub in ("locks", "propagate", "unix-export", "incoming", ""):  # nspawn's own dirs, once empty
+            with contextlib.suppress(OSError):
+                (Path("/run/systemd/nspawn") / sub).rmdir()
         log("lab removed (the base image and package cache stay in /var/cache/rampart)")
 
     def status(self) -> list[tuple[str, str, bool]]:
