@@ -2,16 +2,7 @@
 
 import pytest
 from support import lab
-
-
-def pytest_collection_modifyitems(config, items):
-    if not lab.running():
-        pytest.exit("no running lab (.lab/state.json missing): `make test-lab` builds one", returncode=2)
-
-
-@pytest.fixture(scope="session")
-def topo():
-    return lab.topology()
+from support.lab_fixtures import pytest_collection_modifyitems, topo  # noqa: F401  (shared by lab suites)
 
 
 def pytest_generate_tests(metafunc):

@@ -2,21 +2,11 @@
 
 import pytest
 import segmentation_probe as sp
-from support import lab
-
-
-def pytest_collection_modifyitems(config, items):
-    if not lab.running():
-        pytest.exit("no running lab (.lab/state.json missing): `make test-lab` builds one", returncode=2)
+from support.lab_fixtures import pytest_collection_modifyitems, topo  # noqa: F401  (shared by lab suites)
 
 
 @pytest.fixture(scope="session")
-def topo():
-    return lab.topology()
-
-
-@pytest.fixture(scope="session")
-def listeners(topo):
+def listeners(topo):  # noqa: F811  (the shared fixture, imported above)
     """Every TCP endpoint has a listener for the whole session: the real service where it runs, else a
     temporary one (systemd unit rampart-probe-listener), stopped afterwards."""
     started = sp.start_listeners(topo)
