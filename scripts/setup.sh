@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*"; }
 
-# Controller packages (Debian bookworm). wireguard-tools without recommends: they pull a 107 MB kernel.
+# Controller packages (Debian bookworm): the lab, VPN keys (wg on the controller) and the bot tests' PostgreSQL.
+# Always without recommends (wireguard-tools would pull a 107 MB kernel).
 APT_PACKAGES=(python3-venv debootstrap systemd-container apt-cacher-ng nftables iproute2 openssh-client
-              wireguard-tools postgresql prometheus prometheus-alertmanager)
+              wireguard-tools postgresql)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
