@@ -121,13 +121,13 @@ class SimServer:
                 web.get("/api/v3/ping", self._ping),
                 web.get("/api/v3/exchangeInfo", self._exchange_info),
                 web.get("/api/v3/ticker/bookTicker", self._book_ticker),
-                web.post("/api/v3/order", self._new_order),
-                web.get("/api/v3/order", self._query_order),
-                web.delete("/api/v3/order", self._cancel_order),
-                web.get("/api/v3/openOrders", self._open_orders),
-                web.delete("/api/v3/openOrders", self._cancel_all),
-                web.get("/api/v3/myTrades", self._my_trades),
-                web.get("/api/v3/account", self._account),
+                web.post("/api/v3/order", self._signed(self._new_order)),
+                web.get("/api/v3/order", self._signed(self._query_order)),
+                web.delete("/api/v3/order", self._signed(self._cancel_order)),
+                web.get("/api/v3/openOrders", self._signed(self._open_orders)),
+                web.delete("/api/v3/openOrders", self._signed(self._cancel_all)),
+                web.get("/api/v3/myTrades", self._signed(self._my_trades)),
+                web.get("/api/v3/account", self._signed(self._account)),
                 web.post("/sim/control", self._control),
                 web.get("/sim/state", self._state),
             ]
@@ -344,6 +344,20 @@ class SimServer:
     def _ok(data: Any) -> web.Response:
         return web.Response(body=orjson.dumps(data), content_type="application/json")
 
+    def _signed(self, handler):
+        """A signed REST endpoint: verify the request, then map the exchange's rejections to error replies."""
+
+        async def endpoint(request: web.Request) -> web.Response:
+            params = await self._authenticate(request)
+            if isinstance(params, web.Response):
+                return params
+            try:
+                return await handler(params)
+            except SimError as exc:
+                return self._err(exc.status, exc.code, exc.msg)
+
+        return endpoint
+
     async def _authenticate(self, request: web.Request) -> dict[str, str] | web.Response:
         """Check rate-limit faults, API key, HMAC signature and timestamp; return the parameters."""
         f = self.faults
@@ -401,18 +415,12 @@ class SimServer:
             {"symbol": symbol, "bidPrice": bt["b"], "bidQty": bt["B"], "askPrice": bt["a"], "askQty": bt["A"]}
         )
 
-    async def _new_order(self, request: web.Request) -> web.Response:
-        params = await self._authenticate(request)
-        if isinstance(params, web.Response):
-            return params
+    async def _new_order(self, params: dict[str, str]) -> web.Response:
         f = self.faults
         if f.order_5xx_before_accept_next > 0:
             f.order_5xx_before_accept_next -= 1
             return self._err(f.error_status, -1000, "An unknown error occurred while processing the request.")
-        try:
-            order = self._track_fills(lambda: self.exchange.new_order(params, self.now_ms()))
-        except SimError as exc:
-            return self._err(exc.status, exc.code, exc.msg)
+        order = self._track_fills(lambda: self.exchange.new_order(params, self.now_ms()))
         if f.order_stall_after_accept_next > 0:
             f.order_stall_after_accept_next -= 1
             await asyncio.sleep(f.stall_s)  # the venue is slow: the bot's timeout fires first
@@ -423,46 +431,19 @@ class SimServer:
         d["transactTime"] = order.time_ms
         return self._ok(d)
 
-    async def _query_order(self, request: web.Request) -> web.Response:
-        params = await self._authenticate(request)
-        if isinstance(params, web.Response):
-            return params
-        try:
-            return self._ok(self.exchange.find(params).as_dict())
-        except SimError as exc:
-            return self._err(exc.status, exc.code, exc.msg)
+    async def _query_order(self, params: dict[str, str]) -> web.Response:
+        return self._ok(self.exchange.find(params).as_dict())
 
-    async def _cancel_order(self, request: web.Request) -> web.Response:
-        params = await self._authenticate(request)
-        if isinstance(params, web.Response):
-            return params
-        try:
-            return self._ok(self.exchange.cancel(params, self.now_ms()).as_dict())
-        except SimError as exc:
-            return self._err(exc.status, exc.code, exc.msg)
+    async def _cancel_order(self, params: dict[str, str]) -> web.Response:
+        return self._ok(self.exchange.cancel(params, self.now_ms()).as_dict())
 
-    async def _open_orders(self, request: web.Request) -> web.Response:
-        params = await self._authenticate(request)
-        if isinstance(params, web.Response):
-            return params
-        try:
-            return self._ok([o.as_dict() for o in self.exchange.open_orders(params.get("symbol"))])
-        except SimError as exc:
-            return self._err(exc.status, exc.code, exc.msg)
+    async def _open_orders(self, params: dict[str, str]) -> web.Response:
+        return self._ok([o.as_dict() for o in self.exchange.open_orders(params.get("symbol"))])
 
-    async def _cancel_all(self, request: web.Request) -> web.Response:
-        params = await self._authenticate(request)
-        if isinstance(params, web.Response):
-            return params
-        try:
-            return self._ok([o.as_dict() for o in self.exchange.cancel_all(params, self.now_ms())])
-        except SimError as exc:
-            return self._err(exc.status, exc.code, exc.msg)
+    async def _cancel_all(self, params: dict[str, str]) -> web.Response:
+        return self._ok([o.as_dict() for o in self.exchange.cancel_all(params, self.now_ms())])
 
-    async def _my_trades(self, request: web.Request) -> web.Response:
-        params = await self._authenticate(request)
-        if isinstance(params, web.Response):
-            return params
+    async def _my_trades(self, params: dict[str, str]) -> web.Response:
         symbol = params.get("symbol", "")
         if symbol not in self.exchange.symbols:
             return self._err(400, -1121, "Invalid symbol.")
@@ -476,10 +457,7 @@ class SimServer:
             trades = [t for t in trades for _ in (0, 1)]
         return self._ok(trades)
 
-    async def _account(self, request: web.Request) -> web.Response:
-        params = await self._authenticate(request)
-        if isinstance(params, web.Response):
-            return params
+    async def _account(self, params: dict[str, str]) -> web.Response:
         return self._ok(self.exchange.account())
 
     # -- control -------------------------------------------------------------------------------
