@@ -102,7 +102,7 @@ class Endpoint:
 
 
 @dataclass(frozen=True, order=True)
-class Path_:
+class Route:
     """How a packet from ``source`` reaches an endpoint: its source address as the target sees it,
     and, when it crosses the gateway, the zones it enters and leaves by and whether it is NATed."""
 
@@ -119,7 +119,7 @@ class Rule:
     """One allowed (source → endpoint) pair, the unit every firewall is rendered from."""
 
     endpoint: Endpoint
-    path: Path_
+    path: Route
     why: str
 
 
@@ -177,24 +177,21 @@ class Topology:
         raise KeyError(selector)
 
     # ---- derivation ------------------------------------------------------------------------------
-    def path(self, source: str, endpoint: Endpoint) -> Path_:
+    def path(self, source: str, endpoint: Endpoint) -> Route:
         """Route from a source host (or the vpn zone) to an endpoint."""
         target_zone = endpoint.zone
         if source in self.zones:  # only the vpn zone is a source without hosts
-            gw = self.hosts[self.gateway]
-            return Path_(source, self.zones[source].cidr, True, source, target_zone, False) \
-                if gw.name != endpoint.host else \
-                Path_(source, self.zones[source].cidr, False, source, source, False)
+            via_gateway = endpoint.host != self.gateway
+            return Route(source, self.zones[source].cidr, via_gateway, source,
+                         target_zone if via_gateway else source, False)
         h = self.hosts[source]
-        if target_zone in h.addresses:  # directly connected
-            return Path_(source, h.addresses[target_zone], False, target_zone, target_zone, False)
-        if source == self.gateway:
-            return Path_(source, h.addresses[target_zone], False, target_zone, target_zone, False)
+        if target_zone in h.addresses:  # directly connected (the gateway always is)
+            return Route(source, h.addresses[target_zone], False, target_zone, target_zone, False)
+        if endpoint.host == self.gateway:  # the gateway is reached on its leg in the source's zone
+            return Route(source, h.addresses[h.zone], False, h.zone, h.zone, False)
         nat = self.zones[target_zone].external and self.zones[h.zone].internal
         src = self.hosts[self.gateway].addresses[target_zone] if nat else h.addresses[h.zone]
-        if endpoint.host == self.gateway:  # the gateway is reached on its leg in the source's zone
-            return Path_(source, h.addresses[h.zone], False, h.zone, h.zone, False)
-        return Path_(source, src, True, h.zone, target_zone, nat)
+        return Route(source, src, True, h.zone, target_zone, nat)
 
     def rules(self) -> list[Rule]:
         """Every allowed (source, endpoint) pair with the route it takes. Self-traffic is excluded."""
