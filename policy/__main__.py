@@ -2,31 +2,28 @@
 
     pulumi preview --policy-pack policy --policy-pack-config policy/config.lab.json
 
-The checks themselves are pure functions in ``rampart_checks`` (unit-tested in tests/pulumi); this file only
+The checks themselves are pure functions in ``rampart.pulumi.policy_checks`` (unit-tested in tests/pulumi),
+imported from the installed rampart package (policy/requirements.txt installs it); this file only
 binds them to pulumi-policy. With a ``topology`` configured, networks and attachments are compared with the
 topology file itself, not only with the labels the program wrote.
 """
 
 from __future__ import annotations
 
-import sys
 from functools import cache
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-for extra in (HERE, REPO / "infra"):  # the checks, and the rampart package for the topology model
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-import rampart_checks as checks  # noqa: E402
-from pulumi_policy import (  # noqa: E402
+from pulumi_policy import (
     EnforcementLevel,
     PolicyConfigSchema,
     PolicyPack,
     ResourceValidationPolicy,
     StackValidationPolicy,
 )
+from rampart.pulumi import policy_checks as checks
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 TOPOLOGY_SCHEMA = PolicyConfigSchema(properties={
     "topology": {"type": "string", "default": "",

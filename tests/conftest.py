@@ -1,6 +1,2 @@
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "infra"))
-sys.path.insert(0, str(ROOT / "tests"))
+"""Shared by every suite under tests/. pytest puts this directory on the import path (rootdir conftest,
+prepend mode), so suites import `support.*`; the rampart package itself is installed (editable)."""

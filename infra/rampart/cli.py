@@ -66,26 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _lab_down(env: str) -> int:
-    """Tear down even when the topology file is broken: sweep by the lab's own names."""
-    from rampart.lab import Lab
-    from rampart.topology import parse
+    """Tear down from the lab's own state and names: no topology needed (a broken one included)."""
+    from rampart.lab import down
 
-    try:
-        t = load(topology_path(env))
-    except TopologyError as exc:
-        print(f"warning: {exc}; sweeping the lab by name only", file=sys.stderr)
-        t = parse(_MINIMAL, "(built-in minimal topology)")
-    Lab(t, repo_root()).down()
+    down(repo_root())
     return 0
-
-
-_MINIMAL = {
-    "name": "sweep", "gateway": "gw",
-    "zones": {"mgmt": {"cidr": "10.255.255.0/24", "management": True}},
-    "hosts": {"controller": {"zone": "mgmt", "roles": ["controller"]}, "gw": {"zone": "mgmt"}},
-    "services": {"ssh": {"port": 22, "plane": "mgmt", "hosts": "all"}},
-    "flows": [{"from": "mgmt", "to": "ssh", "why": "sweep"}],
-}
 
 
 if __name__ == "__main__":

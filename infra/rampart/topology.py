@@ -34,6 +34,11 @@ PROTOCOLS = ("tcp", "udp")
 PLANES = ("zone", "mgmt")
 # Host addresses are derived from a hash of the name, so adding a host never moves another one.
 FIRST_HOST_OFFSET = 10
+# What a host needs from its substrate (the lab's nspawn, Pulumi's containers), by the services it runs.
+MLOCK_SERVICES = ("vault",)  # mlock()s its memory so secrets never reach swap: CAP_IPC_LOCK
+TUNNEL_SERVICES = ("wireguard",)  # wireguard-go needs /dev/net/tun (no kernel module is assumed)
+CLIENT_TUNNEL_ROLES = ("operator",)  # operator machines dial in to the VPN
+APT_PROXY_SERVICE, TIME_SERVICE, SSH_SERVICE = "apt_proxy", "ntp", "ssh"
 
 
 class TopologyError(ValueError):
@@ -114,6 +119,64 @@ class Route:
     nat: bool
 
 
+@dataclass(frozen=True)
+class HostView:
+    """Everything a consumer (inventory, roles, Pulumi, the lab) needs to know about one host, decided
+    here once. :meth:`as_vars` is the plain form Ansible sees as ``rampart_host``."""
+
+    name: str
+    fqdn: str
+    zone: str
+    roles: tuple[str, ...]
+    controller: bool
+    platform: bool  # in an internal zone, not the management zone, not the controller
+    external: bool
+    gateway: bool  # routes (and forwards) between zones
+    addresses: Mapping[str, ipaddress.IPv4Address]
+    management_address: ipaddress.IPv4Address | None
+    access_address: ipaddress.IPv4Address  # what the controller SSHes to
+    controller_address: ipaddress.IPv4Address | None  # the controller as this host sees it
+    apt_proxy_url: str | None
+    time_servers: tuple[str, ...]
+    memlock: bool
+    tun: bool
+    default_gateway: ipaddress.IPv4Address | None
+    routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...]
+    listens: Mapping[str, Endpoint]
+    clients: Mapping[str, tuple[tuple[str, str], ...]]  # service -> (source, address as seen here)
+    connects: Mapping[str, tuple[Endpoint, ...]]
+
+    def as_vars(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "fqdn": self.fqdn,
+            "zone": self.zone,
+            "roles": list(self.roles),
+            "platform": self.platform,
+            "external": self.external,
+            "gateway": self.gateway,
+            "addresses": {z: str(a) for z, a in self.addresses.items()},
+            "management_address": _str(self.management_address),
+            "access_address": str(self.access_address),
+            "controller_address": _str(self.controller_address),
+            "apt_proxy_url": self.apt_proxy_url,
+            "time_servers": list(self.time_servers),
+            "needs": {"memlock": self.memlock, "tun": self.tun},
+            "default_gateway": _str(self.default_gateway),
+            "routes": [{"to": str(net), "via": str(via)} for net, via in self.routes],
+            "listens": {s: {"address": str(e.address), "port": e.port, "proto": e.proto, "zone": e.zone}
+                        for s, e in self.listens.items()},
+            "clients": {s: [{"source": src, "address": addr} for src, addr in cs]
+                        for s, cs in self.clients.items()},
+            "connects": {s: [{"host": e.host, "address": str(e.address), "port": e.port, "proto": e.proto}
+                             for e in es] for s, es in self.connects.items()},
+        }
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 @dataclass(frozen=True, order=True)
 class Rule:
     """One allowed (source → endpoint) pair, the unit every firewall is rendered from."""
@@ -139,13 +202,85 @@ class Topology:
     def vpn_zone(self) -> Zone | None:
         return next((z for z in self.zones.values() if z.vpn), None)
 
-    @property
+    @functools.cached_property
     def controller(self) -> Host:
         return next(h for h in self.hosts.values() if h.is_controller)
 
     def managed_hosts(self) -> list[Host]:
         """Hosts Ansible manages: all but the controller."""
         return [h for h in self.hosts.values() if not h.is_controller]
+
+    def is_platform(self, host: str) -> bool:
+        """In the platform: an internal zone's host, except the controller and the management zone's."""
+        h = self.hosts[host]
+        zone = self.zones[h.zone]
+        return zone.internal and not zone.management and not h.is_controller
+
+    def controller_address(self, host: str) -> ipaddress.IPv4Address | None:
+        """The controller's address on a network ``host`` shares with it, the management zone first."""
+        ctl = self.controller
+        shared = sorted((z for z in self.hosts[host].addresses if z in ctl.addresses),
+                        key=lambda z: (z != self.management_zone.name, z))
+        return ctl.addresses[shared[0]] if shared else None
+
+    def runs(self, host: str) -> list[str]:
+        """The services ``host`` runs, by name."""
+        return sorted(s.name for s in self.services.values() if host in s.hosts)
+
+    def host_view(self, host: str) -> HostView:
+        """The one per-host view every adapter reads (see :class:`HostView`)."""
+        return self._views[host]
+
+    @functools.cached_property
+    def _views(self) -> dict[str, HostView]:
+        inbound: dict[str, list[Rule]] = {h: [] for h in self.hosts}
+        outbound: dict[str, list[Rule]] = {h: [] for h in self.hosts}
+        for r in self.rules():
+            inbound[r.endpoint.host].append(r)
+            if r.path.source in outbound:
+                outbound[r.path.source].append(r)
+        listens: dict[str, dict[str, Endpoint]] = {h: {} for h in self.hosts}
+        for ep in self.endpoints():
+            listens[ep.host][ep.service] = ep
+        mgmt = self.management_zone.name
+        views = {}
+        for name, h in self.hosts.items():
+            runs = set(listens[name])
+            clients: dict[str, list[tuple[str, str]]] = {}
+            for r in inbound[name]:
+                pair = (r.path.source, str(r.path.src_address))
+                if pair not in clients.setdefault(r.endpoint.service, []):
+                    clients[r.endpoint.service].append(pair)
+            connects: dict[str, list[Endpoint]] = {}
+            for r in outbound[name]:
+                if r.endpoint not in connects.setdefault(r.endpoint.service, []):
+                    connects[r.endpoint.service].append(r.endpoint)
+            proxy = connects.get(APT_PROXY_SERVICE, [])
+            ctl_addr = self.controller_address(name)
+            views[name] = HostView(
+                name=name, fqdn=f"{name}.{self.domain}", zone=h.zone, roles=h.roles,
+                controller=h.is_controller, platform=self.is_platform(name),
+                external=self.zones[h.zone].external, gateway=name == self.gateway,
+                addresses=dict(h.addresses), management_address=h.addresses.get(mgmt),
+                access_address=self.access_address(name), controller_address=ctl_addr,
+                apt_proxy_url=f"http://{proxy[0].address}:{proxy[0].port}" if proxy else None,
+                time_servers=tuple(str(e.address) for e in connects.get(TIME_SERVICE, []))
+                or ((str(ctl_addr),) if ctl_addr is not None and not h.is_controller else ()),
+                memlock=bool(runs & set(MLOCK_SERVICES)),
+                tun=bool(runs & set(TUNNEL_SERVICES)) or (name == self.gateway and self.vpn_zone is not None)
+                or any(r in CLIENT_TUNNEL_ROLES for r in h.roles),
+                default_gateway=self.default_gateway(name),
+                routes=tuple(self.host_routes(name)) if not h.is_controller else (),
+                listens=listens[name],
+                clients={s: tuple(v) for s, v in sorted(clients.items())},
+                connects={s: tuple(v) for s, v in sorted(connects.items())},
+            )
+        return views
+
+    def controller_ssh_sessions(self, host: str) -> list[Rule]:
+        """The rules that let the controller SSH to ``host`` (the firewall keeps these sessions alive)."""
+        return [r for r in self.inbound(host)
+                if r.path.source == self.controller.name and r.endpoint.service == SSH_SERVICE]
 
     def access_address(self, host: str) -> ipaddress.IPv4Address:
         """The address the controller uses for SSH: management if the host has one, else home zone."""
@@ -169,9 +304,7 @@ class Topology:
         if selector in self.zones:
             return sorted(h.name for h in self.hosts.values() if h.zone == selector)
         if selector == SELECTOR_PLATFORM:
-            return sorted(h.name for h in self.hosts.values()
-                          if self.zones[h.zone].internal and not self.zones[h.zone].management
-                          and not h.is_controller)
+            return sorted(h for h in self.hosts if self.is_platform(h))
         if selector == SELECTOR_ALL:
             return sorted(h.name for h in self.hosts.values() if not h.is_controller)
         raise KeyError(selector)
@@ -247,6 +380,17 @@ class Topology:
                 jobs.setdefault(ep.service, []).append(f"{ep.address}:{ep.port}")
         return {k: sorted(v) for k, v in sorted(jobs.items())}
 
+    def scrape_endpoints(self) -> dict[str, list[dict[str, Any]]]:
+        """Prometheus jobs → targets with the labels operators filter by (host, zone, role)."""
+        jobs: dict[str, list[dict[str, Any]]] = {}
+        for ep in self.endpoints():
+            if self.services[ep.service].scrape:
+                h = self.hosts[ep.host]
+                jobs.setdefault(ep.service, []).append({
+                    "target": f"{ep.address}:{ep.port}",
+                    "labels": {"host": h.name, "zone": h.zone, "role": h.roles[0] if h.roles else "none"}})
+        return {k: sorted(v, key=lambda t: t["target"]) for k, v in sorted(jobs.items())}
+
     def host_routes(self, host: str) -> list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address]]:
         """Extra routes a host needs: replies to VPN peers go back the way they came (via the gateway's
         management leg), so strict reverse-path filtering keeps working; outside hosts reach the edge
@@ -273,6 +417,25 @@ class Topology:
         return self.hosts[self.gateway].addresses[h.zone]
 
 
+def allocate(net: ipaddress.IPv4Network, name: str, taken: Mapping[ipaddress.IPv4Address, object],
+             offset: int = FIRST_HOST_OFFSET) -> ipaddress.IPv4Address | None:
+    """The stable address for ``name`` in ``net``: derived from a hash of the name, probing upward past
+    addresses already ``taken`` (so adding a name never moves another). None when the network is full.
+    Hosts in zones and VPN peers both get their addresses here."""
+    span = net.num_addresses - offset - 1
+    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    for step in range(span):
+        addr = net.network_address + offset + (digest + step) % span
+        if addr not in taken:
+            return addr
+    return None
+
+
+def valid_name(value: object) -> bool:
+    """Names of zones, hosts, services and VPN peers: lower-case letters, digits, '-' and '_'."""
+    return isinstance(value, str) and bool(value) and set(value) <= NAME_CHARS and value[0] not in "-_"
+
+
 # ---- loading and validation ----------------------------------------------------------------------
 
 class _Checker:
@@ -288,7 +451,7 @@ class _Checker:
         return value
 
     def name(self, value: Any, path: str) -> str:
-        if not isinstance(value, str) or not value or not set(value) <= NAME_CHARS or value[0] in "-_":
+        if not valid_name(value):
             raise self.fail(path, f"invalid name {value!r}: use lower-case letters, digits, '-' and '_'")
         return value
 
@@ -456,15 +619,9 @@ def _assign_addresses(c: _Checker, zones: dict[str, Zone], hosts: dict[str, Host
             if mine:
                 addrs[z] = mine[0]
                 continue
-            net = zones[z].cidr
-            span = net.num_addresses - FIRST_HOST_OFFSET - 1
-            digest = int.from_bytes(hashlib.sha256(h.name.encode()).digest()[:8], "big")
-            for step in range(span):
-                addr = net.network_address + FIRST_HOST_OFFSET + (digest + step) % span
-                if addr not in taken[z]:
-                    break
-            else:
-                raise c.fail(f"zones.{z}.cidr", f"{net} has no free address left for host {h.name!r}")
+            addr = allocate(zones[z].cidr, h.name, taken[z])
+            if addr is None:
+                raise c.fail(f"zones.{z}.cidr", f"{zones[z].cidr} has no free address left for host {h.name!r}")
             taken[z][addr] = h.name
             addrs[z] = addr
         out[h.name] = Host(h.name, h.zone, h.roles, tuple(legs[h.name][1:]), addrs)

@@ -9,20 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import ipaddress
 import os
-import sys
-from pathlib import Path
 
 from ansible.errors import AnsibleFilterError
+from rampart.topology import Rule, Topology, TopologyError, allocate, load, valid_name
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra"))
-
-from rampart.topology import NAME_CHARS, Rule, Topology, TopologyError, load  # noqa: E402
-
-# The WireGuard hub is .1 of the vpn zone; peers are hashed into the rest, above this offset.
-PEER_FIRST_OFFSET = 10
 _CACHE: dict[tuple[str, float], Topology] = {}
 
 
@@ -102,13 +94,12 @@ def rampart_firewall(topology_file: str, host: str, vpn_interface: str = "wg0") 
         "addresses": {z: str(a) for z, a in sorted(h.addresses.items())},
         "controller": [str(a) for a in topo.controller.addresses.values()],
         # The loader already rejects a topology without it; the role checks again before applying.
-        "controller_ssh": host == topo.controller.name or any(
-            r.path.source == topo.controller.name and r.endpoint.service == "ssh" for r in topo.inbound(host)),
+        "controller_ssh": host == topo.controller.name or bool(topo.controller_ssh_sessions(host)),
         # The controller's SSH sessions, for the output rule that keeps a session conntrack has not seen
         # (the very first ruleset load on a host) alive.
         "controller_sessions": _unique([
             {"saddr": str(r.endpoint.address), "daddr": str(r.path.src_address), "port": r.endpoint.port}
-            for r in topo.inbound(host) if r.path.source == topo.controller.name and r.endpoint.service == "ssh"]),
+            for r in topo.controller_ssh_sessions(host)]),
         "inbound": _unique(inbound),
         "outbound": _unique(outbound),
         "forward": _unique(forward),
@@ -172,7 +163,7 @@ def rampart_wireguard_peers(peers: object, topology_file: str, source: str = "wi
             raise AnsibleFilterError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
                                      "(allowed: name, public_key, address)")
         name = peer.get("name")
-        if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS or name[0] in "-_":
+        if not valid_name(name):
             raise AnsibleFilterError(f"{where}.name: invalid peer name {name!r}: use lower-case letters, "
                                      "digits, '-' and '_'")
         if name in names:
@@ -198,13 +189,8 @@ def rampart_wireguard_peers(peers: object, topology_file: str, source: str = "wi
         if "address" in peer:
             addr = ipaddress.IPv4Address(str(peer["address"]))
         else:
-            span = cidr.num_addresses - PEER_FIRST_OFFSET - 1
-            digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
-            for step in range(span):
-                addr = cidr.network_address + PEER_FIRST_OFFSET + (digest + step) % span
-                if addr not in taken:
-                    break
-            else:
+            addr = allocate(cidr, name, taken)  # the hub is .1; peers hash into the rest, like hosts
+            if addr is None:
                 raise AnsibleFilterError(f"{source}[{i}]: no free address left in {cidr} for peer {name!r}")
             taken[addr] = name
         out.append({"name": name, "address": str(addr), "public_key": peer.get("public_key", "")})

@@ -1,33 +1,31 @@
-"""Ansible inventory plugin: the hosts, groups and addresses of ``inventory/<env>/topology.yml``.
+"""Ansible inventory plugin: the hosts, groups and variables of ``inventory/<env>/topology.yml``.
 
-A thin adapter over ``rampart.topology`` (the one place the topology is understood)."""
+A thin adapter: :mod:`rampart.inventory` decides the hosts, groups and variables (the same data the Pulumi
+inventory writes); this only hands them to Ansible."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
+from rampart import inventory
+from rampart.topology import TopologyError, load
 
 DOCUMENTATION = r"""
 name: rampart_topology
 short_description: hosts and groups from a rampart topology.yml
 description:
-  - Reads a rampart topology file (the one naming this plugin) and adds every host but the
-    controller, one group per zone and one per role, with C(ansible_host) set to the host's management
-    address and the derived addresses as host variables.
+  - Reads a rampart topology file (the one naming this plugin) and adds every host but the controller,
+    one group per zone, per role and per service (C(service_<name>)), plus C(platform) and C(outside).
+    C(ansible_host) is the address the controller SSHes to; C(rampart_host) is the model's per-host view
+    (addresses, listen addresses, clients, peers, apt proxy, time servers, substrate needs).
 options:
   plugin:
     description: the name of this plugin
     required: true
     choices: [rampart_topology]
 """
-
-# The plugin lives in the repository next to the package it adapts.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra"))
-
-from rampart.topology import TopologyError, load  # noqa: E402
 
 
 class InventoryModule(BaseInventoryPlugin):
@@ -36,39 +34,19 @@ class InventoryModule(BaseInventoryPlugin):
     def verify_file(self, path: str) -> bool:
         return super().verify_file(path) and Path(path).name == "topology.yml"
 
-    def parse(self, inventory, loader, path, cache=True):
-        super().parse(inventory, loader, path, cache)
+    def parse(self, inv, loader, path, cache=True):
+        super().parse(inv, loader, path, cache)
         try:
-            topo = load(path)
+            data = inventory.from_topology(load(path))
         except TopologyError as exc:
             raise AnsibleParserError(str(exc)) from None
-        ctl = topo.controller
-        mgmt = topo.management_zone.name
-        for zone in topo.zones:
-            self.inventory.add_group(zone)
-        for host in topo.managed_hosts():
-            self.inventory.add_host(host.name, group=host.zone)
-            for role in host.roles:
-                self.inventory.add_group(role)
-                self.inventory.add_host(host.name, group=role)
-            if topo.zones[host.zone].external:
-                self.inventory.add_group("outside")
-                self.inventory.add_host(host.name, group="outside")
-            else:
-                self.inventory.add_group("platform")
-                self.inventory.add_host(host.name, group="platform")
-            v = {
-                "ansible_host": str(topo.access_address(host.name)),
-                "rampart_zone": host.zone,
-                "rampart_roles": list(host.roles),
-                "rampart_addresses": {z: str(a) for z, a in host.addresses.items()},
-                # The controller's address on a network this host shares (apt proxy, time source).
-                "rampart_controller_address": str(next(
-                    (ctl.addresses[z] for z in sorted(host.addresses, key=lambda z: z != mgmt)
-                     if z in ctl.addresses), topo.access_address(host.name))),
-            }
-            for key, value in v.items():
-                self.inventory.set_variable(host.name, key, value)
+        for group, members in data["groups"].items():
+            self.inventory.add_group(group)
+            for host in members:
+                self.inventory.add_host(host, group=group)
+        for host, hostvars in data["hosts"].items():
+            for key, value in hostvars.items():
+                self.inventory.set_variable(host, key, value)
+        for key, value in data["vars"].items():
+            self.inventory.set_variable("all", key, value)
         self.inventory.set_variable("all", "rampart_topology_file", str(Path(path).resolve()))
-        self.inventory.set_variable("all", "rampart_environment", topo.name)
-        self.inventory.set_variable("all", "rampart_domain", topo.domain)

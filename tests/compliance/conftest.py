@@ -112,7 +112,7 @@ class Session:
             facts.topology = topo
             facts.zone = th.zone
             facts.access_address = str(topo.access_address(name))
-            facts.router = "router" in th.roles
+            facts.router = topo.host_view(name).gateway
             facts.expected_listen = {(e.proto, e.port, str(e.address)) for e in topo.endpoints() if e.host == name}
         return facts
 

@@ -44,7 +44,9 @@ def test_time(host, lab_host):
 
 def test_apt_goes_through_the_proxy(host, lab_host, topo):
     conf = host.file("/etc/apt/apt.conf.d/01rampart-proxy").content_string
-    assert ":3142" in conf
+    view = topo.host_view(lab_host)
+    want = view.apt_proxy_url or f"http://{view.controller_address}:{topo.services['apt_proxy'].port}"
+    assert f'"{want}"' in conf
     host.check_output("apt-get -q update")
     clients = {line.split("|")[3] for line in ACNG_LOG.read_text().splitlines() if line.count("|") >= 4}
     mine = {str(a) for a in topo.hosts[lab_host].addresses.values()}

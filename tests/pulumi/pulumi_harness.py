@@ -4,18 +4,14 @@ resource registration and the stack's exported outputs, for the tests to inspect
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-for extra in (ROOT / "infra", ROOT / "policy"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
 
-import pulumi  # noqa: E402
-from pulumi.runtime import mocks as pulumi_mocks  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 LAB_TOPOLOGY = ROOT / "inventory" / "lab" / "topology.yml"
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTestsOnlyFakeKeyForTestsOnly0 ci@rampart"

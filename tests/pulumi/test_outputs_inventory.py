@@ -68,9 +68,9 @@ def test_ssh_docker_host_adds_a_jump(lab_run):
 
 
 @pytest.mark.parametrize("outputs, message", [
-    ({}, "missing stack output(s): hosts, sshUser"),
-    ({"hosts": {}, "sshUser": "ansible"}, "run `pulumi up` first"),
-    ({"hosts": {"a": {"zone": "z"}}, "sshUser": "u"}, "hosts.a: missing 'roles'"),
+    ({}, "missing stack output(s): hosts, sshUser, topologyVars"),
+    ({"hosts": {}, "sshUser": "ansible", "topologyVars": {}}, "run `pulumi up` first"),
+    ({"hosts": {"a": {"zone": "z"}}, "sshUser": "u", "topologyVars": {}}, "hosts.a: missing 'view'"),
     ([], "expected the JSON object"),
 ])
 def test_bad_outputs_are_clear_errors(outputs, message):

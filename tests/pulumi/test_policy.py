@@ -7,8 +7,8 @@ import runpy
 import types
 
 import pytest
-import rampart_checks as checks
 from pulumi_harness import LAB_TOPOLOGY, ROOT
+from rampart.pulumi import policy_checks as checks
 
 
 @pytest.fixture

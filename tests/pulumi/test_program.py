@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
-import rampart_checks as checks
 from rampart.pulumi import plan as planning
+from rampart.pulumi import policy_checks as checks
 
 CONTAINER = checks.CONTAINER
 NETWORK = checks.NETWORK

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from functools import cache
 from pathlib import Path
 
 import testinfra
+from rampart.lab import files
 from rampart.topology import Topology, load
 
 ROOT = Path(__file__).resolve().parents[2]
-LAB_DIR = ROOT / ".lab"
-SSH_CONFIG = LAB_DIR / "ssh_config"
-STATE = LAB_DIR / "state.json"
+SSH_CONFIG = ROOT / files.SSH_CONFIG
 
 
 def running() -> bool:
-    return STATE.exists()
+    return files.read_state(ROOT) is not None
 
 
 @cache
 def topology() -> Topology:
-    return load(json.loads(STATE.read_text())["topology"])
+    return load(files.read_state(ROOT)["topology"])
 
 
 def hosts() -> list[str]:
-    return sorted(json.loads(STATE.read_text())["hosts"])
+    return sorted(files.read_state(ROOT)["hosts"])
 
 
 @cache

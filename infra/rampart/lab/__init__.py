@@ -21,17 +21,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rampart.lab import files
+from rampart.lab.files import CACHE_DIR, OPS_USER, RUN_DIR
 from rampart.topology import Topology
 
-RUN_DIR = Path("/var/lib/rampart-lab")  # overlays, pids, logs, apt-cacher-ng state
-CACHE_DIR = Path("/var/cache/rampart")  # debootstrap base and package cache: survive `lab down`
 BASE_VERSION = 2  # bump when the base recipe below changes; the cache is keyed by it
 SUITE = "bookworm"
 CGROUP = "rampart-lab"
 BRIDGE_PREFIX, VETH_PREFIX = "rl-", "rv-"
 NFT_TABLE = "rampart_lab"
 LAB_ROUTE_PROTO = "242"  # marks the lab's own unreachable routes (see ensure_network)
-OPS_USER = "ops"
 LAUNCHER = Path(__file__).with_name("launch.sh")
 BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "python3",
                  "python3-apt", "iproute2", "sudo", "ca-certificates", "gnupg"]
@@ -64,11 +63,21 @@ class Leg:
     bridge: str
 
 
+@dataclass(frozen=True)
+class HostPlan:
+    """What the lab builds for one host, all read from the model's per-host view."""
+
+    legs: tuple[Leg, ...]
+    memlock: bool  # CAP_IPC_LOCK for nspawn (Vault's mlock)
+    default_gateway: str | None
+    routes: list[tuple[str, str]]
+
+
 class Lab:
     def __init__(self, topo: Topology, repo: Path):
         self.topo = topo
         self.repo = repo
-        self.out = repo / ".lab"  # controller-side artifacts: keys, ssh config, known_hosts
+        self.out = repo / files.LAB_DIR  # controller-side artifacts: keys, ssh config, known_hosts
         self.base = CACHE_DIR / f"base-{SUITE}-v{BASE_VERSION}"
 
     # ---- naming -----------------------------------------------------------------------------------
@@ -84,11 +93,16 @@ class Lab:
                             self.bridge(zone)))
         return legs
 
+    def plan(self, host: str) -> HostPlan:
+        view = self.topo.host_view(host)
+        return HostPlan(tuple(self.legs(host)), view.memlock, _opt(view.default_gateway),
+                        [(str(net), str(via)) for net, via in view.routes])
+
     def lab_hosts(self) -> list[str]:
         return sorted(h.name for h in self.topo.managed_hosts())
 
     def host_dir(self, host: str) -> Path:
-        return RUN_DIR / "hosts" / host
+        return _host_dir(host)
 
     # ---- preflight --------------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -257,7 +271,7 @@ class Lab:
         d = self.host_dir(host)
         if _alive(d / "pid"):
             return False
-        self._stop_host(host)  # whatever a crashed or interrupted run left behind
+        _stop_host(host)  # whatever a crashed or interrupted run left behind
         root, upper, work = d / "root", d / "upper", d / "work"
         for p in (root, upper, work):
             p.mkdir(parents=True, exist_ok=True)
@@ -265,7 +279,7 @@ class Lab:
             f"lowerdir={self.base},upperdir={upper},workdir={work}", str(root))
         self._provision(host, root)
         legs = [f"{leg.veth}:{leg.zone}:{leg.bridge}" for leg in self.legs(host)]
-        caps = "CAP_IPC_LOCK" if "vault" in self.topo.hosts[host].roles else ""  # Vault's mlock
+        caps = "CAP_IPC_LOCK" if self.plan(host).memlock else ""  # Vault's mlock
         proc = subprocess.Popen([str(LAUNCHER), host, str(root), f"{CGROUP}/{host}", str(d / "console.log"),
                                  caps, "--", *legs], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
@@ -286,18 +300,17 @@ class Lab:
         netdir.mkdir(parents=True, exist_ok=True)
         for f in netdir.glob("10-*.network"):
             f.unlink()
-        gw = self.topo.default_gateway(host)
-        routes = self.topo.host_routes(host)
+        plan = self.plan(host)
         h = self.topo.hosts[host]
-        for leg in self.legs(host):
+        for leg in plan.legs:
             lines = ["[Match]", f"Name={leg.zone}", "", "[Network]", f"Address={leg.address}/{leg.prefix}",
                      "LinkLocalAddressing=no", "IPv6AcceptRA=no"]
             if host == self.topo.gateway:
                 lines.append("IPForward=ipv4")
-            if gw is not None and leg.zone == h.zone:
-                lines.append(f"Gateway={gw}")
-            for net, via in routes:
-                if via in self.topo.zones[leg.zone].cidr:
+            if plan.default_gateway is not None and leg.zone == h.zone:
+                lines.append(f"Gateway={plan.default_gateway}")
+            for net, via in plan.routes:
+                if ipaddress.IPv4Address(via) in self.topo.zones[leg.zone].cidr:
                     lines += ["", "[Route]", f"Destination={net}", f"Gateway={via}"]
             (netdir / f"10-{leg.zone}.network").write_text("\n".join(lines) + "\n")
         ssh_dir = root / "home" / OPS_USER / ".ssh"
@@ -363,75 +376,93 @@ class Lab:
         return ready
 
     def _write_state(self) -> None:
-        state = {"topology": self.topo.source, "hosts": {h: str(self.topo.access_address(h))
-                                                         for h in self.lab_hosts()}}
-        (self.out / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        files.write_state(self.repo, self.topo.source,
+                          {h: str(self.topo.access_address(h)) for h in self.lab_hosts()})
 
     # ---- teardown -----------------------------------------------------------------------------------
-    def _stop_host(self, host: str) -> None:
-        d = self.host_dir(host)
-        pid = _read_pid(d / "pid")
-        if pid and _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)  # nspawn turns SIGTERM into a clean poweroff
-            deadline = time.monotonic() + 10
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        _kill_cgroup(f"{CGROUP}/{host}")
-        root = d / "root"
-        if os.path.ismount(root):
-            # nspawn leaves a lock file per image directory (keyed by device and inode) in /run.
-            st = root.stat()
-            with contextlib.suppress(FileNotFoundError):
-                (Path("/run/systemd/nspawn/locks") / f"inode-{st.st_dev}:{st.st_ino}").unlink()
-            run("umount", str(root), check=False)
-            if os.path.ismount(root):
-                run("umount", "-l", str(root), check=False)
-        for leg in self.legs(host) if host in self.topo.hosts else []:
-            run("ip", "link", "del", leg.veth, check=False)
-        for sub in ("unix-export", "propagate", "incoming"):
-            shutil.rmtree(Path("/run/systemd/nspawn") / sub / host, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            (d / "pid").unlink()
-
     def down(self) -> None:
-        if os.geteuid() != 0:
-            raise LabError("the lab needs root to tear down: run `sudo make lab-down`")
-        hosts_dir = RUN_DIR / "hosts"
-        known = set(self.lab_hosts()) | ({p.name for p in hosts_dir.iterdir()} if hosts_dir.exists() else set())
-        for host in sorted(known):
-            self._stop_host(host)
-            log(f"stopped {host}")
-        _kill_cgroup(CGROUP)
-        pid = _read_pid(RUN_DIR / "apt-cacher-ng/pid")
-        if pid and _pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-        # Sweep by name, so links left by an interrupted run (or another topology) go too.
-        for link in json.loads(run("ip", "-j", "link", "show").stdout or "[]"):
-            name = link.get("ifname", "")
-            if name.startswith((BRIDGE_PREFIX, VETH_PREFIX)):
-                run("ip", "link", "del", name, check=False)
-        run("nft", "delete", "table", "inet", NFT_TABLE, check=False)
-        run("ip", "route", "flush", "proto", LAB_ROUTE_PROTO, check=False)
-        saved = RUN_DIR / "bridge-nf.json"
-        if saved.exists():
-            for family, value in json.loads(saved.read_text()).items():
-                with contextlib.suppress(OSError):
-                    Path(f"/proc/sys/net/bridge/bridge-nf-call-{family}").write_text(f"{value}\n")
-        for m in _mounts_under(RUN_DIR):
-            run("umount", "-l", m, check=False)
-        shutil.rmtree(RUN_DIR, ignore_errors=True)
-        shutil.rmtree(self.out, ignore_errors=True)
-        for sub in ("locks", "propagate", "unix-export", "incoming", ""):  # nspawn's own dirs, once empty
-            with contextlib.suppress(OSError):
-                (Path("/run/systemd/nspawn") / sub).rmdir()
-        log("lab removed (the base image and package cache stay in /var/cache/rampart)")
+        down(self.repo)
 
     def status(self) -> list[tuple[str, str, bool]]:
         return [(h, str(self.topo.access_address(h)), _alive(self.host_dir(h) / "pid")) for h in self.lab_hosts()]
 
 
+# ---- teardown: from the lab's own state and names, no topology needed ------------------------------
+
+def _host_dir(host: str) -> Path:
+    return RUN_DIR / "hosts" / host
+
+
+def _stop_host(host: str) -> None:
+    d = _host_dir(host)
+    pid = _read_pid(d / "pid")
+    if pid and _pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)  # nspawn turns SIGTERM into a clean poweroff
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    _kill_cgroup(f"{CGROUP}/{host}")
+    root = d / "root"
+    if os.path.ismount(root):
+        # nspawn leaves a lock file per image directory (keyed by device and inode) in /run.
+        st = root.stat()
+        with contextlib.suppress(FileNotFoundError):
+            (Path("/run/systemd/nspawn/locks") / f"inode-{st.st_dev}:{st.st_ino}").unlink()
+        run("umount", str(root), check=False)
+        if os.path.ismount(root):
+            run("umount", "-l", str(root), check=False)
+    for link in json.loads(run("ip", "-j", "link", "show").stdout or "[]"):
+        if link.get("ifname", "").startswith(f"{VETH_PREFIX}{host}-"):
+            run("ip", "link", "del", link["ifname"], check=False)
+    for sub in ("unix-export", "propagate", "incoming"):
+        shutil.rmtree(Path("/run/systemd/nspawn") / sub / host, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (d / "pid").unlink()
+
+
+def down(repo: Path) -> None:
+    """Remove everything a lab (any topology, an interrupted run included) created on this machine: hosts
+    found under the lab's run directory and its cgroup, links and routes found by the lab's names."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root to tear down: run `sudo make lab-down`")
+    hosts_dir = RUN_DIR / "hosts"
+    known = {p.name for p in hosts_dir.iterdir()} if hosts_dir.exists() else set()
+    known |= set((files.read_state(repo) or {}).get("hosts", {}))
+    for host in sorted(known):
+        _stop_host(host)
+        log(f"stopped {host}")
+    _kill_cgroup(CGROUP)
+    pid = _read_pid(RUN_DIR / "apt-cacher-ng/pid")
+    if pid and _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+    # Sweep by name, so links left by an interrupted run (or another topology) go too.
+    for link in json.loads(run("ip", "-j", "link", "show").stdout or "[]"):
+        name = link.get("ifname", "")
+        if name.startswith((BRIDGE_PREFIX, VETH_PREFIX)):
+            run("ip", "link", "del", name, check=False)
+    run("nft", "delete", "table", "inet", NFT_TABLE, check=False)
+    run("ip", "route", "flush", "proto", LAB_ROUTE_PROTO, check=False)
+    saved = RUN_DIR / "bridge-nf.json"
+    if saved.exists():
+        for family, value in json.loads(saved.read_text()).items():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/sys/net/bridge/bridge-nf-call-{family}").write_text(f"{value}\n")
+    for m in _mounts_under(RUN_DIR):
+        run("umount", "-l", m, check=False)
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
+    shutil.rmtree(repo / files.LAB_DIR, ignore_errors=True)
+    for sub in ("locks", "propagate", "unix-export", "incoming", ""):  # nspawn's own dirs, once empty
+        with contextlib.suppress(OSError):
+            (Path("/run/systemd/nspawn") / sub).rmdir()
+    log("lab removed (the base image and package cache stay in /var/cache/rampart)")
+
+
 # ---- small helpers --------------------------------------------------------------------------------
+
+def _opt(value: object) -> str | None:
+    return None if value is None else str(value)
+
 
 def debian_mirror() -> str:
     """The Debian mirror this machine's own apt sources name (the only one reachable here)."""

@@ -3,10 +3,9 @@
     pulumi stack output --json --stack lab | python -m rampart.pulumi.inventory - -o output/pulumi-lab.yml
     ansible-playbook -i output/pulumi-lab.yml playbooks/site.yml
 
-Groups match the topology inventory plugin's: one per zone (named after the zone, holding the hosts whose
-home zone it is), one per role (named after the role), and ``platform`` / ``outside``. ``ansible_host`` is
-the management address (the home-zone address when there is none); ``ansible_user`` is the ``sshUser``
-output. When the Docker host
+Hosts, groups and variables are built by :func:`rampart.inventory.build` from the per-host views the
+program exports, the very function the topology inventory plugin uses, so the two cannot drift.
+``ansible_user`` is the ``sshUser`` output. When the Docker host
 is remote (``ssh://``), its bridges are only reachable from it, so SSH jumps through it.
 """
 
@@ -21,7 +20,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-REQUIRED = ("hosts", "sshUser")
+from rampart import inventory
+
+REQUIRED = ("hosts", "sshUser", "topologyVars")
 
 
 class OutputsError(ValueError):
@@ -49,53 +50,29 @@ def build_inventory(outputs: Mapping[str, Any], jump: bool = True) -> dict[str, 
     hosts_out = outputs["hosts"]
     if not isinstance(hosts_out, Mapping) or not hosts_out:
         raise OutputsError("stack output 'hosts' is empty: run `pulumi up` first")
-    addresses = outputs.get("addresses") or {}
-    zones = outputs.get("zones") or {}
+    views = {}
+    for name in sorted(hosts_out):
+        if not isinstance(hosts_out[name], Mapping) or "view" not in hosts_out[name]:
+            raise OutputsError(f"stack output hosts.{name}: missing 'view' (stack from an older program?)")
+        views[name] = hosts_out[name]["view"]
 
-    all_vars: dict[str, Any] = {
-        "ansible_user": outputs["sshUser"],
-        "rampart_backend": "docker",
-    }
-    for key, var in (("stack", "rampart_stack"), ("topologyName", "rampart_environment"),
-                     ("domain", "rampart_domain"), ("topologyFile", "rampart_topology_file")):
+    all_vars: dict[str, Any] = {"ansible_user": outputs["sshUser"], "rampart_backend": "docker",
+                                **outputs["topologyVars"]}
+    for key, var in (("stack", "rampart_stack"), ("topologyFile", "rampart_topology_file")):
         if outputs.get(key) is not None:
             all_vars[var] = outputs[key]
     via = _jump(outputs.get("dockerHost")) if jump else None
     if via:
         all_vars["ansible_ssh_common_args"] = f"-o ProxyJump={via}"
 
-    hosts: dict[str, dict[str, Any]] = {}
-    groups: dict[str, set[str]] = {}
-    for name in sorted(hosts_out):
-        h = hosts_out[name]
-        for key in ("zone", "roles", "accessAddress"):
-            if key not in h:
-                raise OutputsError(f"stack output hosts.{name}: missing {key!r}")
-        hosts[name] = {
-            "ansible_host": h["accessAddress"],
-            "rampart_zone": h["zone"],
-            "rampart_roles": list(h["roles"]),
-            "rampart_addresses": dict(addresses.get(name, {})),
-        }
-        if h.get("controllerAddress"):
-            hosts[name]["rampart_controller_address"] = h["controllerAddress"]
+    data = inventory.build(views, outputs.get("zones") or {}, all_vars)
+    hosts = data["hosts"]
+    for name, h in hosts_out.items():
         if h.get("container"):
             hosts[name]["rampart_container"] = h["container"]
-        groups.setdefault(h["zone"], set()).add(name)
-        # same split as the topology inventory: hosts outside the platform vs. in it
-        internal = (zones.get(h["zone"]) or {}).get("internal", True)
-        groups.setdefault("platform" if internal else "outside", set()).add(name)
-        for role in h["roles"]:
-            groups.setdefault(role, set()).add(name)
-
-    # Every zone is a group, even one whose only member is the gateway's leg (so `hosts: <zone>` never
-    # errors); an empty group is written as an empty mapping.
-    for zone in zones:
-        groups.setdefault(zone, set())
-
-    children = {g: ({"hosts": {h: {} for h in sorted(members)}} if members else {})
-                for g, members in sorted(groups.items())}
-    return {"all": {"vars": all_vars, "hosts": hosts, "children": children}}
+    # an empty group is written as an empty mapping
+    children = {g: ({"hosts": {h: {} for h in members}} if members else {}) for g, members in data["groups"].items()}
+    return {"all": {"vars": data["vars"], "hosts": hosts, "children": children}}
 
 
 def render(outputs: Mapping[str, Any], jump: bool = True) -> str:

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rampart import inventory
 from rampart.pulumi.settings import Settings
 from rampart.topology import Topology
 
@@ -35,10 +36,7 @@ BASE_CAPABILITIES = (
 # Extra capabilities, each tied to a reason the topology states.
 NET_ADMIN = "NET_ADMIN"  # nftables rulesets, routes via the gateway, WireGuard interfaces
 IPC_LOCK = "IPC_LOCK"  # Vault mlock()s its memory so secrets never reach swap
-# wireguard-go needs /dev/net/tun (no kernel module is assumed): the gateway (it terminates the vpn zone),
-# any host running the `wireguard` service, and operator machines that dial in.
-CLIENT_TUNNEL_ROLES = ("operator",)
-MLOCK_SERVICES = ("vault",)  # a host running one of these services (or having that role) gets IPC_LOCK
+# Which host needs IPC_LOCK and /dev/net/tun is the topology model's call (HostView.memlock / .tun).
 ALLOWED_CAPABILITIES = (*BASE_CAPABILITIES, NET_ADMIN, IPC_LOCK)
 
 # Directories whose contents must survive a container being replaced (new image, changed settings).
@@ -145,19 +143,18 @@ class Plan:
     def outputs(self) -> dict[str, object]:
         """Everything Ansible needs, as plain JSON-able values (the stack outputs)."""
         topo = self.topology
-        ctl = topo.controller
         hosts = {}
         for c in self.containers.values():
-            h = topo.hosts[c.host]
-            shared = next((ctl.addresses[z] for z in h.addresses if z in ctl.addresses), None)
+            view = topo.host_view(c.host).as_vars()
             hosts[c.host] = {
                 "zone": c.zone,
                 "zones": list(c.zones),  # the Docker networks it is attached to
                 "roles": list(c.roles),
-                "accessAddress": str(topo.access_address(c.host)),
+                "accessAddress": view["access_address"],
                 # the controller (= the Docker host's bridge) on a network this host shares, if any
-                "controllerAddress": str(shared) if shared else None,
+                "controllerAddress": view["controller_address"],
                 "container": c.name,
+                "view": view,  # the model's per-host view: the inventory's rampart_host
             }
         try:
             topology_file = str(self.settings.topology.relative_to(self.root))
@@ -179,6 +176,7 @@ class Plan:
                 for c in self.containers.values()
             },
             "wireguard": None,
+            "topologyVars": inventory.topology_vars(topo),
         }
         if self.wireguard is not None:
             gw = self.containers[topo.gateway]
@@ -243,15 +241,14 @@ def _container(topo: Topology, settings: Settings, stack: str, networks: dict[st
     )
     zone = topo.zones[h.zone]
     is_gateway = host == topo.gateway
-    runs = {svc.name for svc in topo.services.values() if host in svc.hosts}
-    tunnel = (is_gateway and topo.vpn_zone is not None) or "wireguard" in runs \
-        or any(r in CLIENT_TUNNEL_ROLES for r in h.roles)
+    view = topo.host_view(host)
+    tunnel = view.tun
     caps = list(BASE_CAPABILITIES)
     # The gateway routes and NATs; internal hosts run their own default-deny nftables firewall (the
     # management bridge bypasses the gateway) and need a route via the gateway; tunnel hosts run WireGuard.
     if is_gateway or zone.internal or tunnel:
         caps.append(NET_ADMIN)
-    if any(name in MLOCK_SERVICES for name in (*runs, *h.roles)):
+    if view.memlock:
         caps.append(IPC_LOCK)
     devices = ("/dev/net/tun",) if tunnel else ()
     dirs: list[str] = []

@@ -178,10 +178,8 @@ def check_network(props: Mapping[str, Any], external_zones: Iterable[str] | None
     out = []
     if zone is None:
         out.append("network has no rampart.zone label: every network must be a zone of the topology")
-    if external_zones is not None:
-        external = zone in set(external_zones)
-    else:
-        external = labels.get("rampart.external") == "true"
+    external = zone in set(external_zones) if external_zones is not None \
+        else labels.get("rampart.external") == "true"
     if not external and not props.get("internal"):
         out.append(f"network of zone {zone!r} is not internal: only external zones may reach outside; "
                    "egress goes through the gateway")
