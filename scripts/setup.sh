@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*"; }
 
-# Controller packages (Debian bookworm): the lab, VPN keys (wg on the controller) and the bot tests' PostgreSQL.
+# Controller packages (Debian bookworm): the lab (its apt proxy, its time source), VPN keys (wg on the controller)
+# and the bot tests' PostgreSQL.
 # Always without recommends (wireguard-tools would pull a 107 MB kernel).
 APT_PACKAGES=(python3-venv debootstrap systemd-container apt-cacher-ng nftables iproute2 openssh-client
-              wireguard-tools postgresql)
+              wireguard-tools postgresql chrony)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -140,6 +140,7 @@ class HostView:
     time_servers: tuple[str, ...]
     memlock: bool
     tun: bool
+    isolated_management: bool  # its management leg may reach only the controller and the gateway (L2)
     default_gateway: ipaddress.IPv4Address | None
     routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...]
     listens: Mapping[str, Endpoint]
@@ -161,7 +162,7 @@ class HostView:
             "controller_address": _str(self.controller_address),
             "apt_proxy_url": self.apt_proxy_url,
             "time_servers": list(self.time_servers),
-            "needs": {"memlock": self.memlock, "tun": self.tun},
+            "needs": {"memlock": self.memlock, "tun": self.tun, "isolated_management": self.isolated_management},
             "default_gateway": _str(self.default_gateway),
             "routes": [{"to": str(net), "via": str(via)} for net, via in self.routes],
             "listens": {s: {"address": str(e.address), "port": e.port, "proto": e.proto, "zone": e.zone}
@@ -269,6 +270,12 @@ class Topology:
                 memlock=bool(runs & set(MLOCK_SERVICES)),
                 tun=bool(runs & set(TUNNEL_SERVICES)) or (name == self.gateway and self.vpn_zone is not None)
                 or any(r in CLIENT_TUNNEL_ROLES for r in h.roles),
+                # Only hosts with a declared flow straight to another host's management address (Prometheus
+                # scraping exporters) and the gateway (it routes VPN peers in) talk across the management
+                # LAN; every other leg is isolated there, so a fallen host cannot reach its neighbours.
+                isolated_management=mgmt in h.addresses and name != self.gateway and not h.is_controller
+                and not any(r.endpoint.zone == mgmt and not r.path.via_gateway
+                            and not self.hosts[r.endpoint.host].is_controller for r in outbound[name]),
                 default_gateway=self.default_gateway(name),
                 routes=tuple(self.host_routes(name)) if not h.is_controller else (),
                 listens=listens[name],

@@ -75,8 +75,11 @@ def rampart_firewall(topology_file: str, host: str, vpn_interface: str = "wg0") 
         return {"saddr": str(saddr), "daddr": str(ep.address), "proto": ep.proto, "port": ep.port,
                 "comment": _comment(rule), **extra}
 
+    # Every accept names the interface the packet must arrive on as well as its source: on the gateway the
+    # zone it routes in from, elsewhere the leg that owns the destination address (a spoofed source on
+    # another leg, e.g. the management LAN, matches nothing).
     inbound = [entry(r, r.path.src_address,
-                     iif=_iface(topo, r.path.in_zone, vpn_interface) if is_gateway else "")
+                     iif=_iface(topo, r.path.in_zone if is_gateway else r.endpoint.zone, vpn_interface))
                for r in topo.inbound(host)]
     outbound = [entry(r, _own_source(topo, r)) for r in topo.outbound(host)]
     forward, nat = [], []
@@ -100,11 +103,27 @@ def rampart_firewall(topology_file: str, host: str, vpn_interface: str = "wg0") 
         "controller_sessions": _unique([
             {"saddr": str(r.endpoint.address), "daddr": str(r.path.src_address), "port": r.endpoint.port}
             for r in topo.controller_ssh_sessions(host)]),
+        # ICMP echo (ping) is answered for operators only: the controller and VPN peers, on the management leg.
+        "echo_sources": _echo_sources(topo, host, vpn_interface),
         "inbound": _unique(inbound),
         "outbound": _unique(outbound),
         "forward": _unique(forward),
         "nat": _unique(nat),
     }
+
+
+def _echo_sources(topo: Topology, host: str, vpn_interface: str) -> list[dict]:
+    view = topo.host_view(host)
+    out = []
+    if view.controller_address is not None:
+        zone = next(z for z in view.addresses if view.controller_address in topo.zones[z].cidr)
+        out.append({"iif": _iface(topo, zone, vpn_interface), "saddr": str(view.controller_address)})
+    vpn = topo.vpn_zone
+    if vpn is not None and view.management_address is not None:
+        # Peers arrive on the gateway's wg interface, on every other host over the management leg.
+        zone = vpn.name if view.gateway else topo.management_zone.name
+        out.append({"iif": _iface(topo, zone, vpn_interface), "saddr": str(vpn.cidr)})
+    return out
 
 
 def rampart_wireguard_hub(topology_file: str) -> dict:

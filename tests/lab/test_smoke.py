@@ -1,9 +1,11 @@
 """Smoke checks on every lab host after the converge: identity, network, systemd, time, packages."""
 
 import time
-from pathlib import Path
 
-ACNG_LOG = Path("/var/lib/rampart-lab/apt-cacher-ng/log/apt-cacher.log")
+from rampart.lab import PROXY_NAMES
+from rampart.lab.files import RUN_DIR
+
+ACNG_LOGS = [RUN_DIR / name / "log" / "apt-cacher.log" for name in PROXY_NAMES]
 
 
 def test_hostname(host, lab_host):
@@ -48,7 +50,8 @@ def test_apt_goes_through_the_proxy(host, lab_host, topo):
     want = view.apt_proxy_url or f"http://{view.controller_address}:{topo.services['apt_proxy'].port}"
     assert f'"{want}"' in conf
     host.check_output("apt-get -q update")
-    clients = {line.split("|")[3] for line in ACNG_LOG.read_text().splitlines() if line.count("|") >= 4}
+    clients = {line.split("|")[3] for log in ACNG_LOGS if log.exists()
+               for line in log.read_text().splitlines() if line.count("|") >= 4}
     mine = {str(a) for a in topo.hosts[lab_host].addresses.values()}
     assert clients & mine, f"no request from {lab_host} ({', '.join(sorted(mine))}) in the proxy's log"
 

@@ -24,6 +24,13 @@ from rampart.topology import Endpoint, Topology
 from support import lab
 
 TIMEOUT = 1.5
+NTP_SERVICE = "ntp"
+
+
+def ntp_request() -> bytes:
+    """An NTPv4 client request (mode 3) with a random transmit timestamp, which a server echoes back as the
+    origin timestamp of its reply (RFC 5905)."""
+    return bytes([0x23]) + bytes(39) + os.urandom(8)
 LISTENER_UNIT = "rampart-probe-listener"
 LISTENER_MAX_SECONDS = 600  # a crashed test never leaves listeners behind for long
 
@@ -40,14 +47,18 @@ def tcp(p):
         return False
 
 def udp(p):
-    # A WireGuard handshake initiation; reached = the hub answered with a handshake response to it.
+    # A protocol's own request; reached = the service answered it in kind: a WireGuard handshake initiation
+    # answered with a handshake response to it, or an NTP client request answered by a server.
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(TIMEOUT)
     try:
         s.connect((p["addr"], p["port"]))
-        s.send(bytes.fromhex(p["payload"]))
+        sent = bytes.fromhex(p["payload"])
+        s.send(sent)
         data = s.recv(2048)
-        return len(data) == 92 and data[0] == 2 and data[8:12] == bytes.fromhex(p["payload"])[4:8]
+        if p["kind"] == "ntp":
+            return len(data) >= 48 and data[0] & 7 == 4 and data[24:32] == sent[40:48]
+        return len(data) == 92 and data[0] == 2 and data[8:12] == sent[4:8]
     except OSError:
         return False
     finally:
@@ -217,6 +228,7 @@ def probe(topo: Topology, cells: list[tuple[str, Endpoint]], payloads: dict | No
         p = {"id": str(i), "proto": ep.proto, "addr": str(ep.address), "port": ep.port}
         if ep.proto == "udp":
             p["payload"] = payloads[(src, ep)].hex()
+            p["kind"] = "ntp" if ep.service == NTP_SERVICE else "wireguard"
         by_source.setdefault(src, []).append(p)
         index[str(i)] = (src, ep)
 

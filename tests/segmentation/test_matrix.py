@@ -26,6 +26,9 @@ def test_segmentation_matrix(topo, listeners):
     udp = [c for c in udp if c not in no_route]
     observed = {c: False for c in no_route}
     observed.update(sp.probe(topo, tcp))
+    ntp = [c for c in udp if c[1].service == sp.NTP_SERVICE]
+    observed.update(sp.probe(topo, ntp, {c: sp.ntp_request() for c in ntp}))
+    udp = [c for c in udp if c not in ntp]
     hub = sp.wireguard_hub(topo)
     not_probed = []
     if hub is None:
@@ -41,7 +44,8 @@ def test_segmentation_matrix(topo, listeners):
     print()
     print(matrix_table(topo, observed))
     print(f"\n{len(cells)} cells: {len(observed) - len(no_route)} probed ({len(tcp)} tcp connect, "
-          f"{len(observed) - len(tcp) - len(no_route)} udp WireGuard handshake), "
+          f"{len(ntp)} udp NTP request, {len(observed) - len(tcp) - len(ntp) - len(no_route)} udp WireGuard "
+          "handshake), "
           f"{sum(cells.values())} allowed by the topology")
     print(f"{len(no_route)} controller cells into zones it has no leg in: blocked by construction (no route), "
           "not probed so that no packet leaves the lab")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rampart.lab import files
 from rampart.lab.files import CACHE_DIR, OPS_USER, RUN_DIR
-from rampart.topology import Topology
+from rampart.topology import APT_PROXY_SERVICE, TIME_SERVICE, Topology
 
 BASE_VERSION = 2  # bump when the base recipe below changes; the cache is keyed by it
 SUITE = "bookworm"
@@ -31,12 +31,16 @@ CGROUP = "rampart-lab"
 BRIDGE_PREFIX, VETH_PREFIX = "rl-", "rv-"
 NFT_TABLE = "rampart_lab"
 LAB_ROUTE_PROTO = "242"  # marks the lab's own unreachable routes (see ensure_network)
+# The platform's package proxy and the simulated internet's upstream mirror (run dirs under RUN_DIR).
+PROXY_NAMES = ("apt-cacher-ng", "upstream-mirror")
+TIME_SOURCE = "time-source"  # chronyd serving the controller's clock on the topology's ntp endpoints
+LAB_SERVICES = (*PROXY_NAMES, TIME_SOURCE)  # the controller-side daemons `lab down` stops
 LAUNCHER = Path(__file__).with_name("launch.sh")
 BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "python3",
                  "python3-apt", "iproute2", "sudo", "ca-certificates", "gnupg"]
 REQUIRED_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "ip": "iproute2",
                   "nft": "nftables", "ssh": "openssh-client", "ssh-keygen": "openssh-client",
-                  "apt-cacher-ng": "apt-cacher-ng"}
+                  "apt-cacher-ng": "apt-cacher-ng", "chronyd": "chrony"}
 
 
 class LabError(RuntimeError):
@@ -61,6 +65,18 @@ class Leg:
     prefix: int
     veth: str
     bridge: str
+    isolated: bool = False  # bridge port isolation: reaches only the bridge itself and non-isolated ports
+
+    @property
+    def spec(self) -> str:
+        """The launcher's form: VETH:INNER:BRIDGE[:isolated]."""
+        return f"{self.veth}:{self.zone}:{self.bridge}" + (":isolated" if self.isolated else "")
+
+
+def lab_mac(address: ipaddress.IPv4Address) -> str:
+    """A fixed, locally administered MAC per lab address on the management LAN, so every host can pin its
+    neighbours there (no ARP answer, gratuitous or not, can move an address to another host)."""
+    return "02:72:" + ":".join(f"{b:02x}" for b in address.packed)
 
 
 @dataclass(frozen=True)
@@ -88,9 +104,11 @@ class Lab:
         h = self.topo.hosts[host]
         legs = []
         wired = [(z, a) for z, a in h.addresses.items() if not self.topo.zones[z].vpn]  # vpn: wg0 on the gateway
+        isolated = self.topo.host_view(host).isolated_management
+        mgmt = self.topo.management_zone.name
         for i, (zone, addr) in enumerate(wired):
             legs.append(Leg(zone, addr, self.topo.zones[zone].cidr.prefixlen, f"{VETH_PREFIX}{host}-{i}",
-                            self.bridge(zone)))
+                            self.bridge(zone), isolated and zone == mgmt))
         return legs
 
     def plan(self, host: str) -> HostPlan:
@@ -206,6 +224,8 @@ class Lab:
             # lab's policy lives in its hosts' firewalls, as it would on real switches.
             run("ip", "link", "set", br, "type", "bridge", "nf_call_iptables", "0", check=False)
             run("ip", "link", "set", br, "up")
+            if zone.management:  # a fixed MAC the hosts pin (see lab_mac)
+                run("ip", "link", "set", br, "address", lab_mac(ctl.addresses[zone.name]))
             if zone.name in ctl.addresses:
                 addr = f"{ctl.addresses[zone.name]}/{zone.cidr.prefixlen}"
                 have = run("ip", "-4", "-o", "addr", "show", "dev", br).stdout
@@ -237,18 +257,56 @@ class Lab:
         run("nft", "-f", "-", input=f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n{rules}")
 
     def ensure_proxy(self) -> None:
-        """apt-cacher-ng of our own, on the controller's lab addresses, with the machine's own mirror as
-        backend (the packaged default backends are unreachable here)."""
-        svc = self.topo.services.get("apt_proxy")
+        """Package sources, each an apt-cacher-ng of our own with the machine's own mirror as its only
+        backend (the packaged default backends are unreachable here):
+
+        - the platform's apt proxy, on the addresses the topology's ``apt_proxy`` service gives the controller
+          (the management plane);
+        - the simulated internet's upstream mirror, on the controller's addresses in external zones, so
+          outside hosts get packages without any path into the platform.
+
+        Both serve only the remapped Debian mirror (``ForceManaged``): no CONNECT tunnels, no fetches of other
+        URLs, so neither can carry a connection from one zone to a host in another."""
+        svc = self.topo.services.get(APT_PROXY_SERVICE)
         if svc is None:
             return
-        conf = RUN_DIR / "apt-cacher-ng"
+        ctl = self.topo.controller
+        platform = [str(e.address) for e in self.topo.endpoints() if e.service == svc.name and e.host == ctl.name]
+        upstream = [str(a) for z, a in ctl.addresses.items() if self.topo.zones[z].external]
+        for name, binds in ((PROXY_NAMES[0], platform), (PROXY_NAMES[1], upstream)):
+            if binds:
+                self._start_proxy(name, binds, svc.port)
+
+    def ensure_time_source(self) -> None:
+        """The management plane's time source, where the topology puts one on the controller: chronyd in
+        server-only mode (-x: it never steers this machine's clock), answering only the management network."""
+        svc = self.topo.services.get(TIME_SERVICE)
+        ctl = self.topo.controller
+        eps = [e for e in self.topo.endpoints() if svc and e.service == svc.name and e.host == ctl.name]
+        if not eps:
+            return
+        d = RUN_DIR / TIME_SOURCE
+        pidfile = d / "pid"
+        if _alive(pidfile):
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        lines = [f"bindaddress {e.address}" for e in eps[:1]]
+        lines += [f"allow {self.topo.zones[e.zone].cidr}" for e in eps]
+        lines += [f"port {svc.port}", "local stratum 8", "cmdport 0", f"driftfile {d / 'drift'}",
+                  f"pidfile {d / 'chronyd.pid'}"]
+        (d / "chrony.conf").write_text("\n".join(lines) + "\n")
+        with open(d / "chronyd.log", "ab") as out:
+            proc = subprocess.Popen(["chronyd", "-x", "-d", "-u", "root", "-f", str(d / "chrony.conf")], stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        pidfile.write_text(str(proc.pid))
+        log(f"{TIME_SOURCE}: chronyd (server only, -x) on {eps[0].address}:{svc.port}/{svc.proto}")
+
+    def _start_proxy(self, name: str, binds: list[str], port: int) -> None:
+        conf = RUN_DIR / name
         pidfile = conf / "pid"
         if _alive(pidfile):
             return
-        port = svc.port
-        binds = [str(a) for a in self.topo.controller.addresses.values()]
-        cache = CACHE_DIR / "apt-cacher-ng"
+        cache = CACHE_DIR / name
         for d in (conf / "log", cache):
             d.mkdir(parents=True, exist_ok=True)
         mirror = debian_mirror()
@@ -257,13 +315,14 @@ class Lab:
             f"CacheDir: {cache}\nLogDir: {conf / 'log'}\nSupportDir: /usr/lib/apt-cacher-ng\n"
             f"Port: {port}\nBindAddress: {' '.join(binds)}\n"
             "Remap-debrep: file:deb_mirror*.gz /debian ; file:backends_debian\n"
-            "ReportPage: acng-report.html\nExThreshold: 4\nPassThroughPattern: .*\n")
+            # Only the remapped mirror is served; CONNECT and any other URL are refused.
+            "ForceManaged: 1\nExThreshold: 4\n")
         with open(conf / "log" / "stdout.log", "ab") as out:  # the child keeps its own copy
             proc = subprocess.Popen(["apt-cacher-ng", "-c", str(conf), "ForeGround=1"], stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         pidfile.write_text(str(proc.pid))
-        _wait_port(binds[0], port, 10, "apt-cacher-ng")
-        log(f"apt proxy: apt-cacher-ng on {', '.join(binds)}:{port} → {mirror}")
+        _wait_port(binds[0], port, 10, name)
+        log(f"{name}: apt-cacher-ng on {', '.join(binds)}:{port} → {mirror} only")
 
     # ---- hosts --------------------------------------------------------------------------------------
     def ensure_host(self, host: str) -> bool:
@@ -278,7 +337,7 @@ class Lab:
         run("mount", "-t", "overlay", f"rampart-lab-{host}", "-o",
             f"lowerdir={self.base},upperdir={upper},workdir={work}", str(root))
         self._provision(host, root)
-        legs = [f"{leg.veth}:{leg.zone}:{leg.bridge}" for leg in self.legs(host)]
+        legs = [leg.spec for leg in self.legs(host)]
         caps = "CAP_IPC_LOCK" if self.plan(host).memlock else ""  # Vault's mlock
         proc = subprocess.Popen([str(LAUNCHER), host, str(root), f"{CGROUP}/{host}", str(d / "console.log"),
                                  caps, "--", *legs], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -312,6 +371,14 @@ class Lab:
             for net, via in plan.routes:
                 if ipaddress.IPv4Address(via) in self.topo.zones[leg.zone].cidr:
                     lines += ["", "[Route]", f"Destination={net}", f"Gateway={via}"]
+            if self.topo.zones[leg.zone].management:
+                # Static neighbours on the management LAN: its addresses are trusted by source, so none may be
+                # claimed by another host (ARP spoofing); the production design does this on the switch.
+                lines += ["", "[Link]", f"MACAddress={lab_mac(leg.address)}"]
+                for other in self.topo.hosts.values():
+                    peer = other.addresses.get(leg.zone)
+                    if peer is not None and other.name != host:
+                        lines += ["", "[Neighbor]", f"Address={peer}", f"LinkLayerAddress={lab_mac(peer)}"]
             (netdir / f"10-{leg.zone}.network").write_text("\n".join(lines) + "\n")
         ssh_dir = root / "home" / OPS_USER / ".ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
@@ -366,6 +433,7 @@ class Lab:
         t0 = time.monotonic()
         self.ensure_network()
         self.ensure_proxy()
+        self.ensure_time_source()
         started = [h for h in self.lab_hosts() if self.ensure_host(h)]
         log(f"hosts: started {', '.join(started) or 'none'}; "
             f"{len(self.lab_hosts()) - len(started)} already running")
@@ -433,9 +501,10 @@ def down(repo: Path) -> None:
         _stop_host(host)
         log(f"stopped {host}")
     _kill_cgroup(CGROUP)
-    pid = _read_pid(RUN_DIR / "apt-cacher-ng/pid")
-    if pid and _pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
+    for name in LAB_SERVICES:
+        pid = _read_pid(RUN_DIR / name / "pid")
+        if pid and _pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
     # Sweep by name, so links left by an interrupted run (or another topology) go too.
     for link in json.loads(run("ip", "-j", "link", "show").stdout or "[]"):
         name = link.get("ifname", "")

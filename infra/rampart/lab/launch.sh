@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs one lab host: systemd-nspawn booting its overlay root, restarted when the host reboots.
-# Usage: launch.sh HOST ROOT CGROUP LOG CAPS -- VETH:BRIDGE ...
+# Usage: launch.sh HOST ROOT CGROUP LOG CAPS -- VETH:INNER:BRIDGE[:isolated] ...
 # Started detached by `rampart lab up`; killing this script's process group stops the host.
 set -u
 host=$1 root=$2 cgroup=$3 log=$4 caps=$5
@@ -17,7 +17,7 @@ export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
 
 veth_args=()
 for leg in "${legs[@]}"; do
-  veth=${leg%%:*}; rest=${leg#*:}; inner=${rest%%:*}
+  IFS=: read -r veth inner _ _ <<<"$leg"
   veth_args+=("--network-veth-extra=$veth:$inner")
 done
 cap_args=()
@@ -25,12 +25,16 @@ cap_args=()
 
 attach() {  # nspawn creates the host-side veths; plug them into the zone bridges once they exist
   for leg in "${legs[@]}"; do
-    veth=${leg%%:*}; bridge=${leg##*:}
+    IFS=: read -r veth _ bridge flag <<<"$leg"
     for _ in $(seq 1 200); do
       ip link show "$veth" >/dev/null 2>&1 && break
       sleep 0.05
     done
     ip link set "$veth" master "$bridge" up || echo "launch: cannot attach $veth to $bridge" >&2
+    # An isolated port reaches only the bridge itself (the controller) and non-isolated ports (the gateway).
+    if [ "$flag" = isolated ]; then
+      bridge link set dev "$veth" isolated on || echo "launch: cannot isolate $veth on $bridge" >&2
+    fi
   done
 }
 
