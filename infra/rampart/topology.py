@@ -436,6 +436,8 @@ def parse(data: Any, source: str = "<topology>") -> Topology:
     if zones[hosts[gateway].zone].external:
         raise c.fail("gateway", f"{gateway!r} lives in external zone {hosts[gateway].zone!r}; the gateway is "
                      "the platform's edge router and must live in an internal zone")
+    if hosts[gateway].also:
+        raise c.fail(f"hosts.{gateway}.also", "the gateway has a leg in every zone already; remove also")
     for h in hosts:
         if len(h) + 1 + len(domain) > 253:
             raise c.fail(f"hosts.{h}", f"{h}.{domain} is longer than 253 characters: shorten the domain")
@@ -541,8 +543,8 @@ def _check_also(c: _Checker, zones: dict[str, Zone], host: str, home: str, contr
         raise c.fail(path, f"unknown zone {zone!r}")
     if zone == home or zone in before:
         raise c.fail(path, f"zone {zone!r} is listed twice (home zone or also)")
-    if host == gateway:
-        raise c.fail(path, "the gateway has a leg in every zone already; remove also")
+    if host == gateway:  # parse() refuses its also once it knows the gateway is a valid one
+        return
     target, inside = zones[zone], not zones[home].external
     if target.vpn:
         raise c.fail(path, f"{zone!r} is the vpn zone: only WireGuard peers live there, behind the gateway")
