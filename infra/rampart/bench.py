@@ -63,9 +63,9 @@ def synthetic_topology(hosts: int) -> dict:
     spec: dict = {
         "name": "bench", "gateway": "gateway",
         "zones": {"internet": {"cidr": "10.200.0.0/24", "external": True},
-                  "mgmt": {"cidr": "10.200.16.0/20", "management": True},
+                  "mgmt": {"cidr": "10.210.0.0/16", "management": True},
                   "edge": {"cidr": "10.200.1.0/24"}, "vpn": {"cidr": "10.200.99.0/24", "vpn": True},
-                  "trading": {"cidr": "10.201.0.0/20", "egress": True}, "data": {"cidr": "10.202.0.0/22"},
+                  "trading": {"cidr": "10.201.0.0/16", "egress": True}, "data": {"cidr": "10.202.0.0/16"},
                   "secrets": {"cidr": "10.203.0.0/24"}, "monitoring": {"cidr": "10.204.0.0/24"},
                   "backup": {"cidr": "10.205.0.0/22"}},
         "hosts": {"controller": {"zone": "mgmt", "also": ["internet"], "roles": ["controller"]},
