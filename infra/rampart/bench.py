@@ -104,13 +104,14 @@ def topology_bench(hosts: int = 1000) -> None:
         path = Path(tmp) / "topology.yml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         size = path.stat().st_size
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         topo = load(path)
-        took = time.perf_counter() - t0
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
     print("\ntopology benchmark")
     rows = [("hosts / rules", f"{len(topo.hosts)} / {len(topo.rules())}", ""),
             ("file size", f"{size / 1024:.0f} KiB", ""),
-            ("load + validate (incl. rules)", f"{took:.2f} s", "target ≤ 2 s at 1000 hosts")]
+            ("load + validate (incl. rules), wall", f"{took:.2f} s", "target ≤ 2 s at 1000 hosts"),
+            ("load + validate (incl. rules), CPU", f"{cpu:.2f} s", "(wall minus waiting for a shared core)")]
     for name, value, note in rows:
         print(f"  {name:40} {value:>14}  {note}")
 
