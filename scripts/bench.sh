@@ -6,5 +6,7 @@ if [ -f bot/bench/run.py ]; then
   echo "== bot benchmark (loopback only)"
   .venv/bin/python bot/bench/run.py
 fi
+echo "== topology validation benchmark (a generated 1000-host topology; no lab needed)"
+.venv/bin/python -m rampart.bench topology 1000
 echo "== lab benchmark (tears down any running lab, builds one, converges twice, tears it down)"
 .venv/bin/python -m rampart.bench "${ENV:-lab}"

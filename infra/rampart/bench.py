@@ -1,11 +1,19 @@
-"""Lab benchmark: time from nothing (base image cached) to SSH-ready, first converge, no-op reconverge,
-and `ansible all -m ping` measured in the same run as the baseline. Prints figures; asserts nothing."""
+"""Benchmarks; they print figures and assert nothing.
+
+`python -m rampart.bench [ENV]`: the lab, from nothing (base image cached) to SSH-ready, first converge,
+no-op reconverge, and `ansible all -m ping` measured in the same run as the baseline.
+`python -m rampart.bench topology [HOSTS]`: loading and validating a generated topology of HOSTS hosts
+(default 1000) from a file, to show that validation stays linear."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+import yaml
 
 from rampart.cli import repo_root, topology_path
 from rampart.lab import Lab
@@ -49,5 +57,67 @@ def main(env: str = "lab") -> None:
         print(f"  {name:40} {value:>10}  {note}")
 
 
+def synthetic_topology(hosts: int) -> dict:
+    """A platform shaped like the lab, scaled out: ~70% bots, ~30% data hosts, and three hosts each of
+    Vault, monitoring and backup (five of PostgreSQL). Its rules grow linearly with the host count."""
+    spec: dict = {
+        "name": "bench", "gateway": "gateway",
+        "zones": {"internet": {"cidr": "10.200.0.0/24", "external": True},
+                  "mgmt": {"cidr": "10.210.0.0/16", "management": True},
+                  "edge": {"cidr": "10.200.1.0/24"}, "vpn": {"cidr": "10.200.99.0/24", "vpn": True},
+                  "trading": {"cidr": "10.201.0.0/16", "egress": True}, "data": {"cidr": "10.202.0.0/16"},
+                  "secrets": {"cidr": "10.203.0.0/24"}, "monitoring": {"cidr": "10.204.0.0/24"},
+                  "backup": {"cidr": "10.205.0.0/22"}},
+        "hosts": {"controller": {"zone": "mgmt", "also": ["internet"], "roles": ["controller"]},
+                  "gateway": {"zone": "edge"}, "exchange": {"zone": "internet"}, "admin": {"zone": "internet"},
+                  **{f"vault{i}": {"zone": "secrets"} for i in range(3)},
+                  **{f"mon{i}": {"zone": "monitoring"} for i in range(3)},
+                  **{f"backup{i}": {"zone": "backup"} for i in range(3)},
+                  **{f"db{i}": {"zone": "data"} for i in range(5)}},
+        "services": {"ssh": {"port": 22, "plane": "mgmt", "hosts": "all"},
+                     "node_exporter": {"port": 9100, "plane": "mgmt", "hosts": "platform", "scrape": True},
+                     "apt_proxy": {"port": 3142, "plane": "mgmt", "hosts": ["controller"]},
+                     "wireguard": {"port": 51820, "proto": "udp", "hosts": ["gateway"]},
+                     "exchange_api": {"port": 9443, "hosts": ["exchange"]},
+                     "postgres": {"port": 5432, "hosts": [f"db{i}" for i in range(5)]},
+                     "vault": {"port": 8200, "hosts": "secrets"}, "loki": {"port": 3100, "hosts": "monitoring"},
+                     "backup_sftp": {"port": 2222, "hosts": "backup"}},
+        "flows": [{"from": "mgmt", "to": "ssh", "why": "ansible"}, {"from": "vpn", "to": "ssh", "why": "operators"},
+                  {"from": "platform", "to": ["apt_proxy", "loki"], "why": "packages and logs"},
+                  {"from": "any", "to": "wireguard", "why": "operators dial in from anywhere"},
+                  {"from": "trading", "to": ["exchange_api", "postgres", "vault"], "why": "the bots trade"},
+                  {"from": "monitoring", "to": "node_exporter", "why": "metrics"},
+                  {"from": ["data", "secrets", "monitoring"], "to": "backup_sftp", "why": "backups"}],
+    }
+    rest = hosts - len(spec["hosts"])
+    for i in range(max(rest, 0)):
+        zone = "trading" if i % 10 < 7 else "data"
+        spec["hosts"][f"{zone[:4]}{i:05d}"] = {"zone": zone}
+    return spec
+
+
+def topology_bench(hosts: int = 1000) -> None:
+    from rampart.topology import load
+
+    spec = synthetic_topology(hosts)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "topology.yml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        size = path.stat().st_size
+        t0, c0 = time.perf_counter(), time.process_time()
+        topo = load(path)
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print("\ntopology benchmark")
+    rows = [("hosts / rules", f"{len(topo.hosts)} / {len(topo.rules())}", ""),
+            ("file size", f"{size / 1024:.0f} KiB", ""),
+            ("load + validate (incl. rules), wall", f"{took:.2f} s", "target ≤ 2 s at 1000 hosts"),
+            ("load + validate (incl. rules), CPU", f"{cpu:.2f} s", "(wall minus waiting for a shared core)")]
+    for name, value, note in rows:
+        print(f"  {name:40} {value:>14}  {note}")
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1:2] == ["topology"]:
+        topology_bench(*map(int, sys.argv[2:3]))
+    else:
+        main(*sys.argv[1:])

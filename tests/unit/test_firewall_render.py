@@ -35,10 +35,10 @@ def render(host: str, output_filtering: bool = True) -> str:
 def test_bot01_talks_only_along_its_flows():
     fw = filters.rampart_firewall(str(TOPOLOGY), "bot01")
     outbound = {(r["daddr"], r["port"]) for r in fw["outbound"]}
-    # the exchange (NATed by the gateway), the database, Vault, log shipping, the apt proxy: nothing else
+    # the exchange (NATed by the gateway), the database, Vault, log shipping, the apt proxy, time: nothing else
     assert outbound == {("10.77.0.178", 9443), ("10.77.30.88", 5432), ("10.77.40.118", 8200),
-                        ("10.77.50.136", 3100), ("10.77.10.1", 3142)}
-    assert all(r["saddr"] == "10.77.20.80" for r in fw["outbound"] if r["port"] != 3142)
+                        ("10.77.50.136", 3100), ("10.77.10.1", 3142), ("10.77.10.1", 123)}
+    assert all(r["saddr"] == "10.77.20.80" for r in fw["outbound"] if r["port"] not in (3142, 123))
     assert {"saddr": "10.77.10.1", "daddr": "10.77.10.80", "port": 22} in [
         {k: r[k] for k in ("saddr", "daddr", "port")} for r in fw["inbound"]]
     assert fw["controller_ssh"] and not fw["forward"] and not fw["nat"]
@@ -75,7 +75,7 @@ def test_a_bad_rule_fails_nft_check(tmp_path):
 def test_flow_to_unknown_service_is_rejected():
     data = yaml.safe_load(TOPOLOGY.read_text())
     data["flows"].append({"from": "trading", "to": "redis", "why": "cache"})
-    with pytest.raises(TopologyError, match=r"lab.yml: flows\[13\]\.to: unknown service 'redis'"):
+    with pytest.raises(TopologyError, match=r"lab.yml: flows\[14\]\.to: unknown service 'redis'"):
         parse(data, "lab.yml")
 
 
@@ -115,3 +115,40 @@ def test_bad_peers_are_rejected_naming_the_entry(peers, words):
     with pytest.raises(FilterError) as err:
         filters.rampart_wireguard_peers(peers, str(TOPOLOGY), "vpn.yml")
     assert words in str(err.value)
+
+
+def test_every_accept_is_bound_to_the_leg_it_must_arrive_on():
+    """A source address is trusted only on its own leg: a spoofed controller address arriving anywhere else
+    (or a VPN address not routed in by the gateway) matches nothing."""
+    for host in ("bot01", "db01", "mon01", "exchange"):
+        fw = filters.rampart_firewall(str(TOPOLOGY), host)
+        for r in fw["inbound"]:
+            assert r["iif"], f"{host}: accept without an interface: {r}"
+        if host != "exchange":  # outside hosts have no management leg
+            mgmt = [r for r in fw["inbound"] if r["saddr"] in ("10.77.10.1", "10.77.99.0/24")]
+            assert mgmt and all(r["iif"] == "mgmt" for r in mgmt), host
+
+
+def test_ping_only_for_operators_and_no_router_advertisements():
+    text = render("bot01", output_filtering=True)
+    echo = [line for line in text.splitlines() if "echo-request" in line]
+    assert echo and all('iifname "mgmt"' in line and "ip saddr" in line for line in echo), echo
+    assert {line.split("ip saddr ")[1].split()[0] for line in echo} == {"10.77.10.1", "10.77.99.0/24"}
+    assert "nd-router-advert" not in text
+
+
+@pytest.mark.skipif(not shutil.which("nft") or not shutil.which("unshare"), reason="needs nft and unshare")
+def test_rollback_floor_is_default_deny_with_only_the_controllers_ssh(tmp_path):
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "roles/firewall/templates"),
+                             undefined=jinja2.StrictUndefined, autoescape=jinja2.select_autoescape(["html"]))
+    text = env.get_template("minimal.nft.j2").render(
+        ansible_managed="test", inventory_hostname="db01",
+        firewall_model=filters.rampart_firewall(str(TOPOLOGY), "db01"))
+    accepts = [line.strip() for line in text.splitlines() if line.strip().endswith('SSH"')]
+    assert accepts == ['ip saddr 10.77.10.1 ip daddr 10.77.10.88 tcp dport 22 accept comment "the controller\'s SSH"',
+                       'ip saddr 10.77.10.88 ip daddr 10.77.10.1 tcp sport 22 accept comment "the controller\'s SSH"']
+    assert text.count("policy drop") == 3
+    path = tmp_path / "minimal.nft"
+    path.write_text(text)
+    proc = subprocess.run(["unshare", "-rn", "nft", "-c", "-f", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
