@@ -311,10 +311,14 @@ class Lab:
             d.mkdir(parents=True, exist_ok=True)
         mirror = debian_mirror()
         (conf / "backends_debian").write_text(mirror.rstrip("/") + "/\n")
+        security = mirror.rstrip("/").removesuffix("/debian") + "/debian-security/"
+        (conf / "backends_debian_security").write_text(security + "\n")
         (conf / "acng.conf").write_text(
             f"CacheDir: {cache}\nLogDir: {conf / 'log'}\nSupportDir: /usr/lib/apt-cacher-ng\n"
             f"Port: {port}\nBindAddress: {' '.join(binds)}\n"
             "Remap-debrep: file:deb_mirror*.gz /debian ; file:backends_debian\n"
+            "Remap-secdeb: security.debian.org security.debian.org/debian-security deb.debian.org/debian-security "
+            "/debian-security ; file:backends_debian_security\n"
             # Only the remapped mirror is served; CONNECT and any other URL are refused.
             "ForceManaged: 1\nExThreshold: 4\n")
         with open(conf / "log" / "stdout.log", "ab") as out:  # the child keeps its own copy
