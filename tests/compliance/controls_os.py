@@ -259,3 +259,96 @@ def homes(facts: Facts) -> None:
         if h["ak"] and not mode_at_most(h["ak"], 0o600):
             bad.append(f"~{user}/.ssh/authorized_keys {describe(h['ak'])}")
     assert not bad, str(bad)
+
+
+# --- audit rules: the files, and what the kernel really has loaded ----------------------------------------
+
+_AUDIT_FIELD = re.compile(r"^([a-z_0-9]+)(!=|>=|<=|&=|=|>|<|&)(.*)$")
+_AUID_UNSET = {"unset", "-1", "4294967295"}
+
+
+def audit_rule(line: str) -> tuple | None:
+    """A rule line (from a rules file or from `auditctl -l`) in one canonical form, or None for control lines
+    (-D, -b, -f, -e, --backlog_wait_time) and comments. auditctl prints `-k x` as `-F key=x`, `auid!=unset`
+    as `auid!=-1`, a directory watch without its trailing slash and system calls in its own order."""
+    tokens = line.split()
+    if not tokens or tokens[0] not in ("-w", "-a"):
+        return None
+    path = perm = key = action = arch = ""
+    syscalls: set[str] = set()
+    fields: set[str] = set()
+    for flag, value in zip(tokens[::2], tokens[1::2], strict=False):
+        if flag == "-w":
+            path = value.rstrip("/") or "/"
+        elif flag == "-p":
+            perm = "".join(sorted(value))
+        elif flag == "-k":
+            key = value
+        elif flag == "-a":
+            action = ",".join(sorted(value.split(",")))
+        elif flag == "-S":
+            syscalls.update(value.split(","))
+        elif flag == "-F" and (m := _AUDIT_FIELD.match(value)):
+            name, op, val = m.groups()
+            if name == "arch":
+                arch = val
+            elif name == "key":
+                key = val
+            else:
+                fields.add(f"{name}{op}{'unset' if name.endswith('uid') and val in _AUID_UNSET else val}")
+    if tokens[0] == "-w":
+        return ("watch", path, perm, key)
+    return ("syscall", action, arch, frozenset(syscalls - {"all"}), frozenset(fields), key)
+
+
+def audit_rules(text: str) -> list[tuple]:
+    return [r for r in (audit_rule(line) for line in text.splitlines()) if r is not None]
+
+
+def _rules_d(facts: Facts) -> str:
+    return "\n".join(facts.files("/etc/audit/rules.d/").values())
+
+
+def _locks(text: str) -> bool:
+    """Whether the rules end with `-e 2` (augenrules keeps the last -e line and puts it last)."""
+    locks = [line.split()[1] for line in text.splitlines() if line.split()[:1] == ["-e"] and len(line.split()) > 1]
+    return bool(locks) and locks[-1] == "2"
+
+
+@control("rampart-audit-05", "Every system-call audit rule is written for the 64-bit and the 32-bit ABI")
+def audit_both_arches(facts: Facts) -> None:
+    rules = [r for r in audit_rules(_rules_d(facts)) if r[0] == "syscall"]
+    assert rules, "no system-call rules in /etc/audit/rules.d"
+    have = set(rules)
+    missing = []
+    for rule in rules:
+        for mine, other in (("b64", "b32"), ("b32", "b64")):
+            if rule[2] == mine and (rule[0], rule[1], other, *rule[3:]) not in have:
+                missing.append(f"{rule[5] or '?'}: {','.join(sorted(rule[3]))} has no arch={other} twin")
+    unarched = [r for r in rules if not r[2] and r[3]]  # -S without arch: the ABI is whatever auditctl runs as
+    assert not missing, "; ".join(sorted(set(missing)))
+    assert not unarched, f"system-call rules without -F arch: {[r[5] for r in unarched]}"
+
+
+@control("rampart-audit-06", "The kernel has every rule of /etc/audit/rules.d loaded (auditctl -l), locked "
+         "if the files say -e 2")
+def audit_loaded_rules(facts: Facts) -> None:
+    listing, status = facts.data["auditctl"]["rules"], facts.data["auditctl"]["status"]
+    assert listing["rc"] == 0, f"auditctl -l failed: {(listing['err'] or listing['out']).strip()[-200:]}"
+    files = _rules_d(facts)
+    wanted = audit_rules(files)
+    assert wanted, "no rules in /etc/audit/rules.d"
+    loaded = set(audit_rules(listing["out"]))
+    missing = [r for r in wanted if r not in loaded]
+    assert not missing, (f"{len(missing)} of {len(wanted)} rules not loaded (a rule the kernel refused stops "
+                         f"augenrules; immutable rules load at reboot), e.g. {missing[:3]}")
+    enabled = next((line.split()[1] for line in status["out"].splitlines() if line.startswith("enabled ")), "?")
+    if _locks(files):
+        assert enabled == "2", f"rules files say -e 2 but the kernel reports enabled {enabled}"
+    else:
+        assert enabled in ("1", "2"), f"auditing is off (enabled {enabled})"
+
+
+@control("rampart-audit-07", "Audit rules are locked until reboot (-e 2 last)")
+def audit_immutable(facts: Facts) -> None:
+    assert _locks(_rules_d(facts)), "no `-e 2` in /etc/audit/rules.d: root can change or stop auditing"
