@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.nativetypes
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,13 +30,13 @@ def role_vars(role: str, **overrides: Any) -> dict[str, Any]:
         if path.exists():
             values.update(yaml.safe_load(path.read_text()) or {})
     values.update(overrides)
-    env = _environment(role)
+    env = _environment(role, native=True)  # like Ansible: "{{ a_list }}" stays a list
     for _ in range(5):  # expressions may refer to other defaults
         changed = False
         for key, value in values.items():
             if isinstance(value, str) and "{{" in value:
                 try:
-                    values[key] = env.from_string(value).render(**values).strip()
+                    values[key] = env.from_string(value).render(**values)
                 except jinja2.UndefinedError:
                     continue
                 changed = True
@@ -44,8 +45,9 @@ def role_vars(role: str, **overrides: Any) -> dict[str, Any]:
     return values
 
 
-def _environment(role: str) -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "roles" / role / "templates"),
+def _environment(role: str, native: bool = False) -> jinja2.Environment:
+    cls = jinja2.nativetypes.NativeEnvironment if native else jinja2.Environment
+    env = cls(loader=jinja2.FileSystemLoader(ROOT / "roles" / role / "templates"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, autoescape=False)  # noqa: S701 - config files, not HTML
     env.filters["bool"] = _bool
