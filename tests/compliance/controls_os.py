@@ -352,3 +352,54 @@ def audit_loaded_rules(facts: Facts) -> None:
 @control("rampart-audit-07", "Audit rules are locked until reboot (-e 2 last)")
 def audit_immutable(facts: Facts) -> None:
     assert _locks(_rules_d(facts)), "no `-e 2` in /etc/audit/rules.d: root can change or stop auditing"
+
+
+# --- mount flags on world-writable directories (dev-sec os-14/-15/-16; here the directories must be mount
+# points: dev-sec checks only those that happen to be) --------------------------------------------------------
+
+WORLD_WRITABLE_MOUNTS = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 - mount points checked, no temp files
+
+
+def mount_options(facts: Facts) -> dict[str, set[str]]:
+    """Mount point -> its per-mount options, from /proc/self/mountinfo (the last mount on a path is visible)."""
+    result: dict[str, set[str]] = {}
+    for line in (facts.file("/proc/self/mountinfo") or "").splitlines():
+        fields = line.split()
+        if len(fields) > 5:
+            result[fields[4].replace("\\040", " ")] = set(fields[5].split(","))
+    return result
+
+
+def _mount_flag(facts: Facts, flag: str) -> None:
+    mounts = mount_options(facts)
+    assert mounts, "/proc/self/mountinfo unreadable"
+    bad = [f"{p} is not a mount point" if p not in mounts else f"{p} lacks {flag} ({','.join(sorted(mounts[p]))})"
+           for p in WORLD_WRITABLE_MOUNTS if p not in mounts or flag not in mounts[p]]
+    assert not bad, "; ".join(bad)
+
+
+@control("os-14", "/tmp, /var/tmp and /dev/shm are mounted noexec",  # noqa: S108
+         read=["/proc/self/mountinfo"])
+def mounts_noexec(facts: Facts) -> None:
+    _mount_flag(facts, "noexec")
+
+
+@control("os-15", "/tmp, /var/tmp and /dev/shm are mounted nosuid",  # noqa: S108
+         read=["/proc/self/mountinfo"])
+def mounts_nosuid(facts: Facts) -> None:
+    _mount_flag(facts, "nosuid")
+
+
+@control("os-16", "/tmp, /var/tmp and /dev/shm are mounted nodev",  # noqa: S108
+         read=["/proc/self/mountinfo"])
+def mounts_nodev(facts: Facts) -> None:
+    _mount_flag(facts, "nodev")
+
+
+@control("rampart-mount-01", "The mount flags come back at every boot (rampart-mount-options.service enabled)",
+         units=["rampart-mount-options.service"])
+def mounts_at_boot(facts: Facts) -> None:
+    unit = facts.unit("rampart-mount-options")
+    assert unit.get("UnitFileState") == "enabled", f"rampart-mount-options.service is {unit.get('UnitFileState')}"
+    assert unit.get("ActiveState") == "active", \
+        f"rampart-mount-options.service is {unit.get('ActiveState')}/{unit.get('SubState')}"
