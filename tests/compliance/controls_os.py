@@ -403,3 +403,53 @@ def mounts_at_boot(facts: Facts) -> None:
     assert unit.get("UnitFileState") == "enabled", f"rampart-mount-options.service is {unit.get('UnitFileState')}"
     assert unit.get("ActiveState") == "active", \
         f"rampart-mount-options.service is {unit.get('ActiveState')}/{unit.get('SubState')}"
+
+
+# --- file integrity (AIDE) -------------------------------------------------------------------------------------
+
+AIDE_CONF = "/etc/aide/rampart-aide.conf"
+AIDE_PROM = "/var/lib/prometheus/node-exporter/rampart_aide.prom"
+AIDE_CRITICAL = ["/etc/ssh", r"/etc/sudoers$", r"/etc/passwd$", r"/etc/shadow$", r"/etc/nftables\.conf$",
+                 "/usr/local/sbin", "/etc/systemd/system", "/usr/bin", "/usr/sbin"]
+
+
+@control("rampart-aide-01", "AIDE installed and watching the critical files with content hashes",
+         read=[AIDE_CONF])
+def aide_config(facts: Facts) -> None:
+    assert facts.installed("aide"), "aide not installed"
+    conf = facts.file(AIDE_CONF)
+    assert conf, f"{AIDE_CONF} missing"
+    missing = [p for p in AIDE_CRITICAL if not re.search(rf"^{re.escape(p)}\s+Critical\s*$", conf, re.M)]
+    assert not missing, f"not watched: {missing}"
+    assert re.search(r"^Critical\s*=.*\bsha(256|512)\b", conf, re.M), "the Critical group hashes no content"
+
+
+@control("rampart-aide-02", "The AIDE baseline database exists and only root can read it",
+         stat=["/var/lib/aide/rampart-aide.db.gz", "/var/lib/aide"])
+def aide_database(facts: Facts) -> None:
+    st = facts.stat("/var/lib/aide/rampart-aide.db.gz")
+    assert st and st["file"] and st["size"] > 0, "no AIDE database: run rampart-aide init"
+    assert st["user"] == "root" and mode_at_most(st, 0o600), f"database is {describe(st)}"
+    assert mode_at_most(facts.stat("/var/lib/aide"), 0o700), f"/var/lib/aide is {describe(facts.stat('/var/lib/aide'))}"
+
+
+@control("rampart-aide-03", "The AIDE check is scheduled (timer enabled and waiting) and has not failed",
+         units=["rampart-aide-check.timer", "rampart-aide-check.service"])
+def aide_timer(facts: Facts) -> None:
+    timer, service = facts.unit("rampart-aide-check.timer"), facts.unit("rampart-aide-check.service")
+    assert timer.get("UnitFileState") == "enabled", f"timer is {timer.get('UnitFileState')}"
+    assert timer.get("ActiveState") == "active", f"timer is {timer.get('ActiveState')}"
+    assert service.get("ActiveState") != "failed", "the last check failed (journalctl -u rampart-aide-check)"
+
+
+@control("rampart-aide-04", "The last AIDE check succeeded within two days and published its metrics",
+         read=[AIDE_PROM])
+def aide_metrics(facts: Facts) -> None:
+    text = facts.file(AIDE_PROM)
+    assert text, f"{AIDE_PROM} missing: no check has run"
+    values = {line.split()[0]: line.split()[1] for line in text.splitlines()
+              if line and not line.startswith("#") and len(line.split()) == 2}
+    assert values.get("rampart_aide_check_success") == "1", "the last check failed"
+    age = facts.data["time"] - float(values.get("rampart_aide_last_check_timestamp_seconds", 0))
+    assert age < 2 * 86400, f"last successful check {age / 3600:.0f} h ago"
+    assert any(k.startswith("rampart_aide_changed_files{") for k in values), "no rampart_aide_changed_files"
