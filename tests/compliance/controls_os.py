@@ -453,3 +453,13 @@ def aide_metrics(facts: Facts) -> None:
     age = facts.data["time"] - float(values.get("rampart_aide_last_check_timestamp_seconds", 0))
     assert age < 2 * 86400, f"last successful check {age / 3600:.0f} h ago"
     assert any(k.startswith("rampart_aide_changed_files{") for k in values), "no rampart_aide_changed_files"
+
+
+@control("rampart-os-13", "Unused network protocols (dccp, sctp, rds, tipc) are not loaded in the kernel",
+         read=["/proc/modules"])
+def protocols_not_loaded(facts: Facts) -> None:
+    text = facts.file("/proc/modules")
+    assert text is not None, "/proc/modules unreadable"
+    loaded = {line.split()[0] for line in text.splitlines() if line.strip()}
+    bad = sorted(loaded & {"dccp", "dccp_ipv4", "dccp_ipv6", "sctp", "rds", "rds_tcp", "tipc"})
+    assert not bad, f"loaded: {bad} (blacklisted now, gone after a reboot or `modprobe -r`)"
