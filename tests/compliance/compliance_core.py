@@ -128,6 +128,10 @@ out["path"] = os.environ.get("PATH", "")
 out["cpu_flags"] = next((l.split(":", 1)[1].split() for l in (read("/proc/cpuinfo") or "").splitlines()
                          if l.startswith("flags")), [])
 out["sudo_check"] = run("visudo -c 2>&1")
+# The kernel's loaded audit rules and status (not the files): fails where there is no audit netlink socket.
+out["auditctl"] = {"rules": run("auditctl -l"), "status": run("auditctl -s")}
+# The SSH client's effective settings for an outbound connection (root's, as backups' sftp runs).
+out["ssh_client"] = run("ssh -G rampart-compliance-probe.invalid </dev/null")
 out["groups"] = {g.gr_name: list(g.gr_mem) for g in grp.getgrall()}
 out["users"] = [{"name": p.pw_name, "uid": p.pw_uid, "gid": p.pw_gid, "home": p.pw_dir, "shell": p.pw_shell}
                 for p in pwd.getpwall()]

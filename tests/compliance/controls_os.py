@@ -259,3 +259,207 @@ def homes(facts: Facts) -> None:
         if h["ak"] and not mode_at_most(h["ak"], 0o600):
             bad.append(f"~{user}/.ssh/authorized_keys {describe(h['ak'])}")
     assert not bad, str(bad)
+
+
+# --- audit rules: the files, and what the kernel really has loaded ----------------------------------------
+
+_AUDIT_FIELD = re.compile(r"^([a-z_0-9]+)(!=|>=|<=|&=|=|>|<|&)(.*)$")
+_AUID_UNSET = {"unset", "-1", "4294967295"}
+
+
+def audit_rule(line: str) -> tuple | None:
+    """A rule line (from a rules file or from `auditctl -l`) in one canonical form, or None for control lines
+    (-D, -b, -f, -e, --backlog_wait_time) and comments. auditctl prints `-k x` as `-F key=x`, `auid!=unset`
+    as `auid!=-1`, a directory watch without its trailing slash and system calls in its own order."""
+    tokens = line.split()
+    if not tokens or tokens[0] not in ("-w", "-a"):
+        return None
+    path = perm = key = action = arch = ""
+    syscalls: set[str] = set()
+    fields: set[str] = set()
+    for flag, value in zip(tokens[::2], tokens[1::2], strict=False):
+        if flag == "-w":
+            path = value.rstrip("/") or "/"
+        elif flag == "-p":
+            perm = "".join(sorted(value))
+        elif flag == "-k":
+            key = value
+        elif flag == "-a":
+            action = ",".join(sorted(value.split(",")))
+        elif flag == "-S":
+            syscalls.update(value.split(","))
+        elif flag == "-F" and (m := _AUDIT_FIELD.match(value)):
+            name, op, val = m.groups()
+            if name == "arch":
+                arch = val
+            elif name == "key":
+                key = val
+            else:
+                fields.add(f"{name}{op}{'unset' if name.endswith('uid') and val in _AUID_UNSET else val}")
+    if tokens[0] == "-w":
+        return ("watch", path, perm, key)
+    return ("syscall", action, arch, frozenset(syscalls - {"all"}), frozenset(fields), key)
+
+
+def audit_rules(text: str) -> list[tuple]:
+    return [r for r in (audit_rule(line) for line in text.splitlines()) if r is not None]
+
+
+def _rules_d(facts: Facts) -> str:
+    return "\n".join(facts.files("/etc/audit/rules.d/").values())
+
+
+def _locks(text: str) -> bool:
+    """Whether the rules end with `-e 2` (augenrules keeps the last -e line and puts it last)."""
+    locks = [line.split()[1] for line in text.splitlines() if line.split()[:1] == ["-e"] and len(line.split()) > 1]
+    return bool(locks) and locks[-1] == "2"
+
+
+@control("rampart-audit-05", "Every system-call audit rule is written for the 64-bit and the 32-bit ABI")
+def audit_both_arches(facts: Facts) -> None:
+    rules = [r for r in audit_rules(_rules_d(facts)) if r[0] == "syscall"]
+    assert rules, "no system-call rules in /etc/audit/rules.d"
+    have = set(rules)
+    missing = []
+    for rule in rules:
+        for mine, other in (("b64", "b32"), ("b32", "b64")):
+            if rule[2] == mine and (rule[0], rule[1], other, *rule[3:]) not in have:
+                missing.append(f"{rule[5] or '?'}: {','.join(sorted(rule[3]))} has no arch={other} twin")
+    unarched = [r for r in rules if not r[2] and r[3]]  # -S without arch: the ABI is whatever auditctl runs as
+    assert not missing, "; ".join(sorted(set(missing)))
+    assert not unarched, f"system-call rules without -F arch: {[r[5] for r in unarched]}"
+
+
+@control("rampart-audit-06", "The kernel has every rule of /etc/audit/rules.d loaded (auditctl -l), locked "
+         "if the files say -e 2")
+def audit_loaded_rules(facts: Facts) -> None:
+    listing, status = facts.data["auditctl"]["rules"], facts.data["auditctl"]["status"]
+    assert listing["rc"] == 0, f"auditctl -l failed: {(listing['err'] or listing['out']).strip()[-200:]}"
+    files = _rules_d(facts)
+    wanted = audit_rules(files)
+    assert wanted, "no rules in /etc/audit/rules.d"
+    loaded = set(audit_rules(listing["out"]))
+    missing = [r for r in wanted if r not in loaded]
+    assert not missing, (f"{len(missing)} of {len(wanted)} rules not loaded (a rule the kernel refused stops "
+                         f"augenrules; immutable rules load at reboot), e.g. {missing[:3]}")
+    enabled = next((line.split()[1] for line in status["out"].splitlines() if line.startswith("enabled ")), "?")
+    if _locks(files):
+        assert enabled == "2", f"rules files say -e 2 but the kernel reports enabled {enabled}"
+    else:
+        assert enabled in ("1", "2"), f"auditing is off (enabled {enabled})"
+
+
+@control("rampart-audit-07", "Audit rules are locked until reboot (-e 2 last)")
+def audit_immutable(facts: Facts) -> None:
+    assert _locks(_rules_d(facts)), "no `-e 2` in /etc/audit/rules.d: root can change or stop auditing"
+
+
+# --- mount flags on world-writable directories (dev-sec os-14/-15/-16; here the directories must be mount
+# points: dev-sec checks only those that happen to be) --------------------------------------------------------
+
+WORLD_WRITABLE_MOUNTS = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 - mount points checked, no temp files
+
+
+def mount_options(facts: Facts) -> dict[str, set[str]]:
+    """Mount point -> its per-mount options, from /proc/self/mountinfo (the last mount on a path is visible)."""
+    result: dict[str, set[str]] = {}
+    for line in (facts.file("/proc/self/mountinfo") or "").splitlines():
+        fields = line.split()
+        if len(fields) > 5:
+            result[fields[4].replace("\\040", " ")] = set(fields[5].split(","))
+    return result
+
+
+def _mount_flag(facts: Facts, flag: str) -> None:
+    mounts = mount_options(facts)
+    assert mounts, "/proc/self/mountinfo unreadable"
+    bad = [f"{p} is not a mount point" if p not in mounts else f"{p} lacks {flag} ({','.join(sorted(mounts[p]))})"
+           for p in WORLD_WRITABLE_MOUNTS if p not in mounts or flag not in mounts[p]]
+    assert not bad, "; ".join(bad)
+
+
+@control("os-14", "/tmp, /var/tmp and /dev/shm are mounted noexec",  # noqa: S108
+         read=["/proc/self/mountinfo"])
+def mounts_noexec(facts: Facts) -> None:
+    _mount_flag(facts, "noexec")
+
+
+@control("os-15", "/tmp, /var/tmp and /dev/shm are mounted nosuid",  # noqa: S108
+         read=["/proc/self/mountinfo"])
+def mounts_nosuid(facts: Facts) -> None:
+    _mount_flag(facts, "nosuid")
+
+
+@control("os-16", "/tmp, /var/tmp and /dev/shm are mounted nodev",  # noqa: S108
+         read=["/proc/self/mountinfo"])
+def mounts_nodev(facts: Facts) -> None:
+    _mount_flag(facts, "nodev")
+
+
+@control("rampart-mount-01", "The mount flags come back at every boot (rampart-mount-options.service enabled)",
+         units=["rampart-mount-options.service"])
+def mounts_at_boot(facts: Facts) -> None:
+    unit = facts.unit("rampart-mount-options")
+    assert unit.get("UnitFileState") == "enabled", f"rampart-mount-options.service is {unit.get('UnitFileState')}"
+    assert unit.get("ActiveState") == "active", \
+        f"rampart-mount-options.service is {unit.get('ActiveState')}/{unit.get('SubState')}"
+
+
+# --- file integrity (AIDE) -------------------------------------------------------------------------------------
+
+AIDE_CONF = "/etc/aide/rampart-aide.conf"
+AIDE_PROM = "/var/lib/prometheus/node-exporter/rampart_aide.prom"
+AIDE_CRITICAL = ["/etc/ssh", r"/etc/sudoers$", r"/etc/passwd$", r"/etc/shadow$", r"/etc/nftables\.conf$",
+                 "/usr/local/sbin", "/etc/systemd/system", "/usr/bin", "/usr/sbin"]
+
+
+@control("rampart-aide-01", "AIDE installed and watching the critical files with content hashes",
+         read=[AIDE_CONF])
+def aide_config(facts: Facts) -> None:
+    assert facts.installed("aide"), "aide not installed"
+    conf = facts.file(AIDE_CONF)
+    assert conf, f"{AIDE_CONF} missing"
+    missing = [p for p in AIDE_CRITICAL if not re.search(rf"^{re.escape(p)}\s+Critical\s*$", conf, re.M)]
+    assert not missing, f"not watched: {missing}"
+    assert re.search(r"^Critical\s*=.*\bsha(256|512)\b", conf, re.M), "the Critical group hashes no content"
+
+
+@control("rampart-aide-02", "The AIDE baseline database exists and only root can read it",
+         stat=["/var/lib/aide/rampart-aide.db.gz", "/var/lib/aide"])
+def aide_database(facts: Facts) -> None:
+    st = facts.stat("/var/lib/aide/rampart-aide.db.gz")
+    assert st and st["file"] and st["size"] > 0, "no AIDE database: run rampart-aide init"
+    assert st["user"] == "root" and mode_at_most(st, 0o600), f"database is {describe(st)}"
+    assert mode_at_most(facts.stat("/var/lib/aide"), 0o700), f"/var/lib/aide is {describe(facts.stat('/var/lib/aide'))}"
+
+
+@control("rampart-aide-03", "The AIDE check is scheduled (timer enabled and waiting) and has not failed",
+         units=["rampart-aide-check.timer", "rampart-aide-check.service"])
+def aide_timer(facts: Facts) -> None:
+    timer, service = facts.unit("rampart-aide-check.timer"), facts.unit("rampart-aide-check.service")
+    assert timer.get("UnitFileState") == "enabled", f"timer is {timer.get('UnitFileState')}"
+    assert timer.get("ActiveState") == "active", f"timer is {timer.get('ActiveState')}"
+    assert service.get("ActiveState") != "failed", "the last check failed (journalctl -u rampart-aide-check)"
+
+
+@control("rampart-aide-04", "The last AIDE check succeeded within two days and published its metrics",
+         read=[AIDE_PROM])
+def aide_metrics(facts: Facts) -> None:
+    text = facts.file(AIDE_PROM)
+    assert text, f"{AIDE_PROM} missing: no check has run"
+    values = {line.split()[0]: line.split()[1] for line in text.splitlines()
+              if line and not line.startswith("#") and len(line.split()) == 2}
+    assert values.get("rampart_aide_check_success") == "1", "the last check failed"
+    age = facts.data["time"] - float(values.get("rampart_aide_last_check_timestamp_seconds", 0))
+    assert age < 2 * 86400, f"last successful check {age / 3600:.0f} h ago"
+    assert any(k.startswith("rampart_aide_changed_files{") for k in values), "no rampart_aide_changed_files"
+
+
+@control("rampart-os-13", "Unused network protocols (dccp, sctp, rds, tipc) are not loaded in the kernel",
+         read=["/proc/modules"])
+def protocols_not_loaded(facts: Facts) -> None:
+    text = facts.file("/proc/modules")
+    assert text is not None, "/proc/modules unreadable"
+    loaded = {line.split()[0] for line in text.splitlines() if line.strip()}
+    bad = sorted(loaded & {"dccp", "dccp_ipv4", "dccp_ipv6", "sctp", "rds", "rds_tcp", "tipc"})
+    assert not bad, f"loaded: {bad} (blacklisted now, gone after a reboot or `modprobe -r`)"

@@ -195,3 +195,68 @@ def rekey(facts: Facts) -> None:
     _sshd_ok(facts)
     value = facts.sshd_value("rekeylimit") or ""
     assert value and value.split()[0] != "0", f"RekeyLimit {value!r}"
+
+
+# --- SSH client (ids from dev-sec ssh-baseline `ssh-*`): effective settings for root's outbound connections,
+# as `ssh -G` resolves them (backups' sftp runs as root). Obsolete SSH-1 options (ssh-04, -14, -15, -21) and
+# the RHEL crypto policy (ssh-22) do not apply to OpenSSH 9 on Debian.
+
+def ssh_client(facts: Facts) -> dict[str, str]:
+    """`ssh -G` as {lower-case keyword: value} (the client prints each setting once)."""
+    result = facts.data["ssh_client"]
+    assert result["rc"] == 0, f"ssh -G failed: {(result['err'] or result['out']).strip()[-300:]}"
+    return {k: v.strip() for k, _, v in (line.partition(" ") for line in result["out"].splitlines()) if k}
+
+
+def _client_equals(cid: str, title: str, key: str, *allowed: str) -> None:
+    @control(cid, title)
+    def check(facts: Facts) -> None:
+        value = ssh_client(facts).get(key)
+        assert value in allowed, f"ssh client {key} is {value!r}, want {' or '.join(allowed)}"
+
+
+def _client_subset(cid: str, title: str, key: str, allowed: set[str]) -> None:
+    @control(cid, title)
+    def check(facts: Facts) -> None:
+        offered = set((ssh_client(facts).get(key) or "").split(","))
+        assert offered and offered <= allowed, \
+            f"ssh client {key} offers {sorted(offered - allowed)} beyond {sorted(allowed)}"
+
+
+CLIENT_FILES = {"/etc/ssh/ssh_config": 0o644, "/etc/ssh/ssh_config.d": 0o755,
+                "/etc/ssh/ssh_config.d/10-rampart-hardening.conf": 0o644}
+
+
+@control("ssh-01", "ssh_config, its drop-in directory and rampart's drop-in are root:root, writable only by root",
+         stat=list(CLIENT_FILES))
+def client_config_files(facts: Facts) -> None:
+    bad = [f"{path} {describe(facts.stat(path))}" for path, limit in CLIENT_FILES.items()
+           if not (facts.stat(path) and (facts.stat(path)["user"], facts.stat(path)["group"]) == ("root", "root")
+                   and mode_at_most(facts.stat(path), limit))]
+    assert not bad, f"want root:root, at most 0644 (0755 for the directory): {bad}"
+
+
+_client_equals("ssh-02", "Client: IPv4 only (the platform is IPv4-only)", "addressfamily", "inet")
+_client_equals("ssh-03", "Client: port 22", "port", "22")
+_client_equals("ssh-05", "Client: batch mode not forced", "batchmode", "no")
+_client_equals("ssh-06", "Client: host IPs checked against known_hosts", "checkhostip", "yes")
+_client_equals("ssh-07", "Client: unknown or changed host keys refused", "stricthostkeychecking", "true")
+_client_subset("ssh-08", "Client: only AEAD ciphers", "ciphers", CIPHERS)
+_client_subset("ssh-09", "Client: only X25519 / sntrup761 key exchange", "kexalgorithms", KEX)
+_client_subset("ssh-10", "Client: only encrypt-then-MAC SHA-2 MACs", "macs", MACS)
+_client_equals("ssh-11", "Client: no agent forwarding", "forwardagent", "no")
+_client_equals("ssh-12", "Client: no X11 forwarding", "forwardx11", "no")
+_client_equals("ssh-13", "Client: no host-based authentication", "hostbasedauthentication", "no")
+_client_equals("ssh-16", "Client: no password authentication", "passwordauthentication", "no")
+_client_equals("ssh-17", "Client: no GSSAPI authentication", "gssapiauthentication", "no")
+_client_equals("ssh-18", "Client: no GSSAPI credential delegation", "gssapidelegatecredentials", "no")
+_client_equals("ssh-19", "Client: no tunnels", "tunnel", "false")
+_client_equals("ssh-20", "Client: no local commands", "permitlocalcommand", "no")
+_client_equals("rampart-ssh-13", "Client: known_hosts names hashed", "hashknownhosts", "yes")
+
+
+@control("rampart-ssh-14", "Client: only Ed25519/RSA-SHA2 host key signatures, Ed25519 accepted")
+def client_host_key_algorithms(facts: Facts) -> None:
+    offered = (ssh_client(facts).get("hostkeyalgorithms") or "").split(",")
+    assert "ssh-ed25519" in offered, f"ssh-ed25519 not accepted: {offered}"
+    assert set(offered) <= HOSTKEY_ALGS, f"hostkeyalgorithms offers {sorted(set(offered) - HOSTKEY_ALGS)}"
