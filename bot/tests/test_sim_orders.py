@@ -15,8 +15,8 @@ pytestmark = pytest.mark.asyncio
 BID, ASK = "29999.99", "30000.01"
 
 
-async def place(http: aiohttp.ClientSession, sim: SimServer, **params: object) -> tuple[int, dict]:
-    status, body, _ = await call(http, sim, "POST", "/api/v3/order", params)
+async def place(session: aiohttp.ClientSession, sim: SimServer, **params: object) -> tuple[int, dict]:
+    status, body, _ = await call(session, sim, "POST", "/api/v3/order", params)
     return status, body
 
 

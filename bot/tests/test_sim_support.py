@@ -29,6 +29,7 @@ CONTROL_TOKEN = "sim-control-token-for-tests"
 async def paused_sim() -> AsyncIterator[SimServer]:
     """No price ticks: BTCUSDT stays at bid 29999.99 / ask 30000.01, 1.5 a level."""
     server = SimServer(KEY, SECRET, tick_interval_s=0, control_token=CONTROL_TOKEN)
+    server.clock = lambda: 1_800_000_000.0  # start of a minute: no rate-limit window rolls over
     await server.start()
     yield server
     await server.stop()

@@ -203,6 +203,7 @@ class SimServer:
         self.order_limits = {"10S": (10, order_limit_10s), "1D": (86400, order_limit_1d)}
         self.used_weight = 0
         self._weight_window = 0
+        self.clock = time.time  # rate-limit windows; tests pin it so no window rolls over mid-test
         self._order_counts: dict[str, tuple[int, int]] = {}  # interval -> (window, count)
         self.listen_keys: dict[str, int] = {}  # listen key -> expiry (ms)
         self.user_events_sent = 0
@@ -568,7 +569,7 @@ class SimServer:
         """Request weight for /api paths, and JSON (never plain-text) errors for unknown routes."""
         is_api = request.path.startswith("/api/")
         if is_api:
-            now = time.time()
+            now = self.clock()
             window = int(now // 60)
             if window != self._weight_window:
                 self._weight_window, self.used_weight = window, 0
@@ -694,7 +695,7 @@ class SimServer:
 
     def _count_order(self) -> web.Response | dict[str, str]:
         """ORDERS rate limits: refuse past a limit, otherwise return the X-MBX-ORDER-COUNT headers."""
-        now = int(time.time())
+        now = int(self.clock())
         headers: dict[str, str] = {}
         for interval, (seconds, limit) in self.order_limits.items():
             window, count = self._order_counts.get(interval, (0, 0))
