@@ -42,11 +42,13 @@ async def test_bare_ws_path_then_subscribe(paused_sim: SimServer, http) -> None:
         assert wrapped["stream"] == "btcusdt@trade"
 
 
-async def test_raw_stream_path(paused_sim: SimServer, http) -> None:  # noqa: F811
+async def test_raw_stream_path_serves_only_its_stream(paused_sim: SimServer, http) -> None:  # noqa: F811
     async with http.ws_connect(f"{paused_sim.ws_url}/ws/ethusdt@bookTicker") as ws:
         await paused_sim.step("ETHUSDT")
         book = await recv(ws)
         assert book["s"] == "ETHUSDT" and "stream" not in book
+        await ws.send_str('{"method":"SUBSCRIBE","params":["ethusdt@depth"],"id":1}')
+        assert (await recv(ws))["error"]["msg"] == "Invalid request: invalid stream"
 
 
 @pytest.mark.parametrize(
