@@ -261,7 +261,8 @@ class SimOrder:
         return d
 
 
-def _decimal(params: dict[str, str], name: str, required: bool = True) -> Decimal | None:
+def _decimal(params: dict[str, str], name: str, places: int, required: bool = True) -> Decimal | None:
+    """A DECIMAL parameter: Binance's syntax, at most `places` significant decimals (-1111)."""
     raw = params.get(name)
     if raw is None or raw == "":
         if required:
@@ -269,13 +270,9 @@ def _decimal(params: dict[str, str], name: str, required: bool = True) -> Decima
         return None
     if not DECIMAL_RE.match(raw):
         raise illegal(name, DECIMAL_RANGE)
-    return Decimal(raw)
-
-
-def _check_precision(value: Decimal, name: str, places: int) -> None:
-    exponent = value.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and -exponent > places:
+    if len(raw.partition(".")[2].rstrip("0")) > places:
         raise SimError(400, -1111, f"Parameter '{name}' has too much precision.")
+    return Decimal(raw)
 
 
 @dataclass
@@ -431,8 +428,8 @@ class Exchange:
         if otype == "MARKET":
             if params.get("price"):
                 raise not_required("price")
-            qty = _decimal(params, "quantity", required=False)
-            quote = _decimal(params, "quoteOrderQty", required=False)
+            qty = _decimal(params, "quantity", sym.base_precision, required=False)
+            quote = _decimal(params, "quoteOrderQty", sym.quote_precision, required=False)
             if qty is None and quote is None:
                 raise SimError(
                     400, -1102, "Param 'quantity' or 'quoteOrderQty' must be sent, but both were empty/null!"
@@ -441,21 +438,19 @@ class Exchange:
                 raise not_required("quoteOrderQty")
             price = ZERO
             if quote is not None:
-                _check_precision(quote, "quoteOrderQty", sym.quote_precision)
                 if quote <= 0:
                     raise missing("quoteOrderQty")
                 quote_qty = quote
         else:
-            qty = _decimal(params, "quantity")
-            price = _decimal(params, "price")  # type: ignore[assignment]
+            qty = _decimal(params, "quantity", sym.base_precision)
+            price = _decimal(params, "price", sym.quote_precision)  # type: ignore[assignment]
             assert price is not None
-            _check_precision(price, "price", sym.quote_precision)
             if price < sym.min_price or price > sym.max_price or (price - sym.min_price) % sym.tick_size:
                 raise filter_failure("PRICE_FILTER")
-        if qty is not None:
-            _check_precision(qty, "quantity", sym.base_precision)
-            if qty < sym.min_qty or qty > sym.max_qty or (qty - sym.min_qty) % sym.step_size:
-                raise filter_failure("MARKET_LOT_SIZE" if otype == "MARKET" else "LOT_SIZE")
+        if qty is not None and (
+            qty < sym.min_qty or qty > sym.max_qty or (qty - sym.min_qty) % sym.step_size
+        ):
+            raise filter_failure("MARKET_LOT_SIZE" if otype == "MARKET" else "LOT_SIZE")
         # NOTIONAL: MARKET orders are valued at the last price (avgPriceMins 0).
         value = quote_qty if qty is None else qty * (price if otype != "MARKET" else sym.last_price)
         if value < sym.min_notional or (otype != "MARKET" and value > sym.max_notional):

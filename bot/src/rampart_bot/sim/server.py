@@ -189,7 +189,6 @@ class SimServer:
         self.api_key = api_key
         self._secret = api_secret.encode()
         self.exchange = exchange or default_exchange()
-        self.exchange.listener = self._user_event
         self.faults = Faults()
         self.tick_interval_s = tick_interval_s
         self.paused = False  # tests freeze the price process and drive it with step()
@@ -390,6 +389,8 @@ class SimServer:
     def _expire(self, key: str) -> None:
         """Tell the key's subscribers it expired (listenKeyExpired) and stop serving it."""
         self.listen_keys.pop(key, None)
+        if not self.listen_keys:
+            self.exchange.listener = None
         event = {"e": "listenKeyExpired", "E": self.now_ms(), "listenKey": key}
         self._send_user(key, event)
         for client in self.clients:
@@ -897,6 +898,7 @@ class SimServer:
         live = [k for k in list(self.listen_keys) if self._live_key(k)]
         key = live[0] if live else secrets.token_urlsafe(45)[:60]
         self.listen_keys[key] = now + LISTEN_KEY_TTL_MS
+        self.exchange.listener = self._user_event  # the engine builds events only while a key lives
         return self._ok({"listenKey": key})
 
     def _known_key(self, params: dict[str, str]) -> str:
@@ -916,6 +918,8 @@ class SimServer:
     async def _listen_key_close(self, params: dict[str, str]) -> web.Response:
         key = self._known_key(params)
         del self.listen_keys[key]
+        if not self.listen_keys:
+            self.exchange.listener = None
         for client in list(self.clients):
             if key in client.streams:
                 client.streams.discard(key)
