@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 
 from rampart_bot.sim.server import SimServer
 
-from .test_sim_support import call, http, order, paused_sim  # noqa: F401
+from .test_sim_support import KEY, SECRET, call, http, order, paused_sim  # noqa: F401
 
 pytestmark = pytest.mark.asyncio
 
@@ -188,3 +191,42 @@ async def test_user_stream_stall_fault(paused_sim: SimServer, http) -> None:  # 
         await call(http, paused_sim, "POST", "/api/v3/order", order(type="MARKET", quantity="0.01"))
         assert paused_sim.user_events_sent == 0
         assert paused_sim.exchange.accepted_orders == 1
+
+
+async def test_websocket_api_user_data_subscription(paused_sim: SimServer, http) -> None:  # noqa: F811
+    sim = paused_sim
+
+    def signed(**params: Any) -> dict[str, Any]:
+        payload = "&".join(f"{k}={params[k]}" for k in sorted(params))
+        return {
+            **params,
+            "signature": hmac.new(SECRET.encode(), payload.encode(), hashlib.sha256).hexdigest(),
+        }
+
+    async with http.ws_connect(f"{sim.ws_url}/ws-api/v3") as ws:
+        bad = {**signed(apiKey=KEY, timestamp=int(time.time() * 1000)), "signature": "0" * 64}
+        await ws.send_str(
+            orjson.dumps({"id": "a", "method": "userDataStream.subscribe.signature", "params": bad}).decode()
+        )
+        assert (await recv(ws))["error"]["code"] == -1022
+        good = signed(apiKey=KEY, timestamp=int(time.time() * 1000))
+        await ws.send_str(
+            orjson.dumps({"id": "b", "method": "userDataStream.subscribe.signature", "params": good}).decode()
+        )
+        assert await recv(ws) == {"id": "b", "status": 200, "result": {"subscriptionId": 0}}
+        await call(
+            http,
+            sim,
+            "POST",
+            "/api/v3/order",
+            order(type="MARKET", quantity="0.01", newClientOrderId="wsapi-1"),
+        )
+        event = await recv(ws)
+        assert event["subscriptionId"] == 0 and event["event"]["e"] == "executionReport"
+        assert event["event"]["c"] == "wsapi-1"
+        await until(ws, lambda m: m.get("event", {}).get("X") == "FILLED")
+        await ws.send_str('{"id":"c","method":"userDataStream.unsubscribe"}')
+        assert await until(ws, lambda m: m.get("id") == "c") == {"id": "c", "status": 200, "result": {}}
+        sent = sim.user_events_sent
+        await call(http, sim, "POST", "/api/v3/order", order(type="MARKET", quantity="0.01"))
+        assert sim.user_events_sent == sent and sim.exchange.listener is None

@@ -12,10 +12,11 @@ What Binance documents and the simulator does too:
   carry `X-MBX-ORDER-COUNT-10S` and `-1D`; past the ORDERS limits, 429/-1015.
 * Market data at `/ws` (then SUBSCRIBE), `/ws/<stream>` and `/stream?streams=a/b`; a stream the
   simulator does not serve is refused (`{"code": 2, "msg": "Invalid request: invalid stream"}`).
-* User data: `POST|PUT|DELETE /api/v3/userDataStream` (API key only) and `/ws/<listenKey>`, carrying
-  `executionReport` and `outboundAccountPosition` for every order change and fill. (Binance retired
-  the listen-key REST endpoints on 2026-02-20 in favour of the WebSocket API's
-  `userDataStream.subscribe`; the event formats are the same.)
+* User data, `executionReport` and `outboundAccountPosition` for every order change and fill, two ways:
+  the WebSocket API at `/ws-api/v3` (`userDataStream.subscribe.signature`, events wrapped as
+  `{"subscriptionId": n, "event": ...}`), which is how Binance serves it today, and the legacy listen
+  key (`POST|PUT|DELETE /api/v3/userDataStream`, then `/ws/<listenKey>`), which Binance retired on
+  2026-02-20 but many clients (and binance-connector 3.x) still use.
 """
 
 from __future__ import annotations
@@ -205,6 +206,8 @@ class SimServer:
         self.clock = time.time  # rate-limit windows; tests pin it so no window rolls over mid-test
         self._order_counts: dict[str, tuple[int, int]] = {}  # interval -> (window, count)
         self.listen_keys: dict[str, int] = {}  # listen key -> expiry (ms)
+        self.ws_api_subs: dict[tuple[int, int], Any] = {}  # (connection, subscriptionId) -> transport
+        self._ws_api_next: dict[int, int] = {}  # connection -> last subscriptionId handed out
         self.user_events_sent = 0
         self._load_cache: dict[tuple[str, int, str, bool], bytes] = {}
         self._runner: web.AppRunner | None = None
@@ -217,6 +220,7 @@ class SimServer:
                 web.get("/ws", self._ws_handler),
                 web.get("/ws/{streams}", self._ws_handler),
                 web.get("/stream", self._ws_handler),
+                web.get("/ws-api/v3", self._ws_api_handler),
                 web.get("/load", self._load_handler),
                 web.get("/echo", self._echo_handler),
                 web.get("/api/v3/time", self._time),
@@ -288,11 +292,11 @@ class SimServer:
 
     def drop_sockets(self) -> int:
         """Abort every WebSocket connection without a close handshake."""
+        transports = [c.transport for c in self.clients] + list(self.ws_api_subs.values())
         dropped = 0
-        for client in list(self.clients):
-            if client.transport is not None:
-                client.transport.abort()
-                dropped += 1
+        for transport in {id(t): t for t in transports if t is not None}.values():
+            transport.abort()
+            dropped += 1
         return dropped
 
     async def rotate(self) -> int:
@@ -389,16 +393,29 @@ class SimServer:
     def _expire(self, key: str) -> None:
         """Tell the key's subscribers it expired (listenKeyExpired) and stop serving it."""
         self.listen_keys.pop(key, None)
-        if not self.listen_keys:
-            self.exchange.listener = None
+        self._sync_listener()
         event = {"e": "listenKeyExpired", "E": self.now_ms(), "listenKey": key}
         self._send_user(key, event)
         for client in self.clients:
             client.streams.discard(key)
 
+    def _sync_listener(self) -> None:
+        """The engine builds user-data events only while someone can receive them."""
+        wanted = self.listen_keys or self.ws_api_subs
+        self.exchange.listener = self._user_event if wanted else None
+
     def _user_event(self, event: dict[str, Any]) -> None:
-        """Exchange listener: deliver an account event to every live listen key's subscribers."""
-        if self.faults.user_stream_stall or not self.listen_keys:
+        """Exchange listener: deliver an account event to every live listen key's subscribers and
+        every WebSocket API subscription (wrapped as {"subscriptionId": n, "event": ...})."""
+        if self.faults.user_stream_stall:
+            return
+        for (conn, sub_id), transport in list(self.ws_api_subs.items()):
+            if transport.is_closing():
+                del self.ws_api_subs[(conn, sub_id)]
+                continue
+            transport.write(frame_text(orjson.dumps({"subscriptionId": sub_id, "event": event})))
+            self.user_events_sent += 1
+        if not self.listen_keys:
             return
         now = self.now_ms()
         for key, expiry in list(self.listen_keys.items()):
@@ -460,6 +477,82 @@ class SimServer:
         finally:
             self.clients.discard(client)
         return ws
+
+    async def _ws_api_handler(self, request: web.Request) -> web.StreamResponse:
+        """The WebSocket API's user-data methods (Binance's current way to get account events):
+        `userDataStream.subscribe.signature`, `userDataStream.unsubscribe`, `ping`, `time`."""
+        ws = web.WebSocketResponse(autoping=True, heartbeat=20.0)
+        await ws.prepare(request)
+        conn = id(ws)
+        subs: list[int] = []  # this connection's subscription ids, in order; ids never repeat
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                    reply = self._ws_api_request(conn, request.transport, subs, msg.data)
+                    await ws.send_str(orjson.dumps(reply).decode())
+        finally:
+            for sub_id in subs:
+                self.ws_api_subs.pop((conn, sub_id), None)
+            self._ws_api_next.pop(conn, None)
+            self._sync_listener()
+        return ws
+
+    def _ws_api_request(
+        self, conn: int, transport: Any, subs: list[int], data: str | bytes
+    ) -> dict[str, Any]:
+        try:
+            req = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            req = None
+        if not isinstance(req, dict):
+            return {"id": None, "status": 400, "error": {"code": -1102, "msg": "Malformed request."}}
+        req_id, method, params = req.get("id"), req.get("method"), req.get("params") or {}
+
+        def fail(status: int, code: int, msg: str) -> dict[str, Any]:
+            return {"id": req_id, "status": status, "error": {"code": code, "msg": msg}}
+
+        if not isinstance(params, dict):
+            return fail(400, -1102, "Malformed request: 'params' must be an object.")
+        if method == "ping":
+            return {"id": req_id, "status": 200, "result": {}}
+        if method == "time":
+            return {"id": req_id, "status": 200, "result": {"serverTime": self.now_ms()}}
+        if method == "userDataStream.subscribe.signature":
+            given = params.get("signature")
+            if not isinstance(given, str) or not given:
+                return fail(
+                    400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed."
+                )
+            if params.get("apiKey") != self.api_key:
+                return fail(401, -2015, "Invalid API-key, IP, or permissions for action.")
+            # WebSocket API payload: every parameter but the signature, sorted by name.
+            payload = "&".join(f"{k}={params[k]}" for k in sorted(params) if k != "signature")
+            expected = hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(given.lower().encode(), expected.encode()):
+                return fail(400, -1022, "Signature for this request is not valid.")
+            ts = params.get("timestamp")
+            window = params.get("recvWindow", 5000)
+            now = self.now_ms()
+            if not isinstance(ts, int) or not isinstance(window, (int, float)) or not 0 < window <= 60000:
+                return fail(
+                    400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."
+                )
+            if ts >= now + 1000 or now - ts > window:
+                return fail(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+            self._ws_api_next[conn] = sub_id = self._ws_api_next.get(conn, -1) + 1
+            subs.append(sub_id)
+            self.ws_api_subs[(conn, sub_id)] = transport
+            self._sync_listener()
+            return {"id": req_id, "status": 200, "result": {"subscriptionId": sub_id}}
+        if method == "userDataStream.unsubscribe":
+            wanted = params.get("subscriptionId")
+            for sub_id in list(subs):
+                if wanted is None or wanted == sub_id:
+                    subs.remove(sub_id)
+                    self.ws_api_subs.pop((conn, sub_id), None)
+            self._sync_listener()
+            return {"id": req_id, "status": 200, "result": {}}
+        return fail(400, -1020, "This operation is not supported.")
 
     def _ws_request(self, client: _Client, data: str | bytes) -> bytes:
         """Answer one SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY."""
@@ -898,7 +991,7 @@ class SimServer:
         live = [k for k in list(self.listen_keys) if self._live_key(k)]
         key = live[0] if live else secrets.token_urlsafe(45)[:60]
         self.listen_keys[key] = now + LISTEN_KEY_TTL_MS
-        self.exchange.listener = self._user_event  # the engine builds events only while a key lives
+        self._sync_listener()
         return self._ok({"listenKey": key})
 
     def _known_key(self, params: dict[str, str]) -> str:
@@ -918,8 +1011,7 @@ class SimServer:
     async def _listen_key_close(self, params: dict[str, str]) -> web.Response:
         key = self._known_key(params)
         del self.listen_keys[key]
-        if not self.listen_keys:
-            self.exchange.listener = None
+        self._sync_listener()
         for client in list(self.clients):
             if key in client.streams:
                 client.streams.discard(key)
