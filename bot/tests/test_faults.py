@@ -318,7 +318,8 @@ async def test_restart_reconciles_pending_unknown_and_foreign_orders(sim: SimSer
     # 3) an open order the bot has no record of (e.g. placed by hand)
     bid, _ = sim.exchange.top(SYM)
     sim.exchange.new_order(
-        {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.01", "price": str(bid - 100),
+        {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.01",
+         "price": str(bid - 100),
          "newClientOrderId": "manual-1"},
         now,
     )  # fmt: skip
@@ -425,7 +426,8 @@ async def test_rest_breaker_open_degrades_to_reducing(bot: BotRuntime, sim: SimS
 async def test_kill_switch_from_config_cancels_at_start(sim: SimServer, bot_db_url: str) -> None:
     bid, _ = sim.exchange.top(SYM)
     sim.exchange.new_order(
-        {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.01", "price": str(bid - 100),
+        {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.01",
+         "price": str(bid - 100),
          "newClientOrderId": "left-over"},
         1,
     )  # fmt: skip
