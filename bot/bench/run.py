@@ -100,6 +100,9 @@ def bench_engine(db_url: str) -> Engine:
 
         offset_ms = 0
 
+        def weight_ratio(self) -> float:
+            return 0.0
+
         async def new_order(self, order):  # type: ignore[no-untyped-def]
             return {"status": "NEW", "orderId": 1, "executedQty": "0"}
 

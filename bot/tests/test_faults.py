@@ -187,6 +187,10 @@ async def test_duplicate_fills_are_applied_once(bot: BotRuntime, sim: SimServer)
 
 @pytest.mark.asyncio
 async def test_late_fills_are_not_lost(bot: BotRuntime, sim: SimServer) -> None:
+    # Fills must come from the account side only: no fills in the order answer, no user stream.
+    bot.engine.rest.resp_type = "RESULT"
+    if bot.engine.user_stream is not None:
+        await bot.engine.user_stream.stop()
     sim.set_faults(hold_fills=True)
     order = place(bot, market())
     await bot.engine.wait_for(lambda: order.status is OrderStatus.FILLED)
@@ -208,8 +212,9 @@ async def test_dropped_socket_reconnects_and_reconciles(bot: BotRuntime, sim: Si
     place(bot, market())
     await wait_settled(bot, sim)
     before = bot.engine.metrics.reconciliations["ok"]
-    await bot.engine.wait_for(lambda: len(sim.clients) == 1 and bot.engine.ready())
-    assert sim.drop_sockets() == 1
+    # Two sockets: market data and the user-data stream.
+    await bot.engine.wait_for(lambda: len(sim.clients) == 2 and bot.engine.ready())
+    assert sim.drop_sockets() == 2
     await bot.engine.wait_for(lambda: bot.engine.md.reconnects >= 1)
     await bot.engine.wait_for(
         lambda: bot.engine.metrics.reconciliations["ok"] > before and bot.engine.ready()
@@ -233,9 +238,9 @@ async def test_stalled_socket_detected_and_readiness_drops(bot: BotRuntime, sim:
 
 @pytest.mark.asyncio
 async def test_server_shutdown_rotation_reconnects_promptly(bot: BotRuntime, sim: SimServer) -> None:
-    await bot.engine.wait_for(lambda: len(sim.clients) == 1 and bot.engine.ready())
+    await bot.engine.wait_for(lambda: len(sim.clients) == 2 and bot.engine.ready())
     connections = sim.connections
-    assert await sim.rotate() == 1
+    assert await sim.rotate() == 2  # market data and the user-data stream
     await bot.engine.wait_for(lambda: sim.connections > connections and bot.engine.ready(), timeout=5)
     assert bot.engine.md.reconnects >= 1
     place(bot, market())
@@ -313,7 +318,8 @@ async def test_restart_reconciles_pending_unknown_and_foreign_orders(sim: SimSer
     # 3) an open order the bot has no record of (e.g. placed by hand)
     bid, _ = sim.exchange.top(SYM)
     sim.exchange.new_order(
-        {"symbol": SYM, "side": "BUY", "type": "LIMIT", "quantity": "0.01", "price": str(bid - 100),
+        {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.01",
+         "price": str(bid - 100),
          "newClientOrderId": "manual-1"},
         now,
     )  # fmt: skip
@@ -388,7 +394,8 @@ async def test_timeout_after_accept_is_unknown_then_resolved(sim: SimServer, bot
         await bot.engine.wait_for(bot.engine.ready)
         sim.set_faults(order_stall_after_accept_next=1, stall_s=1.0)
         order = place(bot, market())
-        await bot.engine.wait_for(lambda: order.status is OrderStatus.UNKNOWN or order.status.is_terminal)
+        # The user-data stream may report the fill before the request times out: wait for both.
+        await bot.engine.wait_for(lambda: "unknown_outcome" in bot.engine.metrics.venue_errors)
         await wait_settled(bot, sim)
         assert order.status is OrderStatus.FILLED and order.submit_attempts == 1
         assert bot.engine.metrics.venue_errors["unknown_outcome"] == 1
@@ -419,7 +426,8 @@ async def test_rest_breaker_open_degrades_to_reducing(bot: BotRuntime, sim: SimS
 async def test_kill_switch_from_config_cancels_at_start(sim: SimServer, bot_db_url: str) -> None:
     bid, _ = sim.exchange.top(SYM)
     sim.exchange.new_order(
-        {"symbol": SYM, "side": "BUY", "type": "LIMIT", "quantity": "0.01", "price": str(bid - 100),
+        {"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.01",
+         "price": str(bid - 100),
          "newClientOrderId": "left-over"},
         1,
     )  # fmt: skip

@@ -15,11 +15,30 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import msgspec
 import orjson
 from yarl import URL
 
 from ..core.model import Order, OrderType
+from . import venue_types as vt
 from .secrets import Secret
+
+# Slow down before the venue's 429, not after: above SOFT the poller skips rounds, above HARD new
+# orders are refused locally until the one-minute window rolls over.
+WEIGHT_SOFT = 0.7
+WEIGHT_HARD = 0.9
+_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def _decode(body: bytes, schema: Any) -> Any:
+    """Decode and validate against `schema`, then hand plain builtins to the caller."""
+    dec = _DECODERS.get(schema)
+    if dec is None:
+        dec = _DECODERS[schema] = msgspec.json.Decoder(schema)
+    try:
+        return msgspec.to_builtins(dec.decode(body))
+    except msgspec.MsgspecError as exc:
+        raise BadResponse(f"malformed venue answer: {str(exc)[:200]}") from None
 
 
 def sign(secret: bytes, payload: str) -> str:
@@ -71,6 +90,11 @@ class TransportError(Exception):
     """No HTTP answer at all (timeout, connection reset)."""
 
 
+class BadResponse(TransportError):
+    """An answer that does not have the venue's documented shape: treated like no answer at all
+    (for an order submit that means the outcome is unknown, never that it failed)."""
+
+
 class UnknownOutcome(Exception):
     """A submit whose result we cannot know; resolve it by query or reconciliation."""
 
@@ -115,6 +139,12 @@ class BinanceRest:
         self.blocked_until = 0.0  # monotonic; set by 429/418
         self.banned = False
         self.request_count = 0
+        self.resp_type = "FULL"
+        # Request weight as the venue reports it (X-MBX-USED-WEIGHT-1M) and its per-minute limit
+        # (exchangeInfo rateLimits; Binance's documented default until we have read it).
+        self.used_weight = 0
+        self.weight_limit = 6000
+        self._weight_minute = 0
 
     # -- plumbing ------------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -122,23 +152,49 @@ class BinanceRest:
 
     async def sync_time(self) -> int:
         t0 = self._clock()
-        data = await self._request("GET", "/api/v3/time", None, signed=False)
+        data = await self._request("GET", "/api/v3/time", None, signed=False, schema=vt.ServerTime)
         t1 = self._clock()
         local_mid_ms = int((t0 + t1) * 500)
         self.offset_ms = int(data["serverTime"]) - local_mid_ms
         return self.offset_ms
 
+    def weight_ratio(self) -> float:
+        """Share of this minute's request weight already used (0 once the minute has rolled over)."""
+        if self._weight_minute != int(self._clock() * 1000 + self.offset_ms) // 60_000:
+            return 0.0
+        return self.used_weight / self.weight_limit
+
+    def _note_weight(self, headers: Any) -> None:
+        used = headers.get("X-MBX-USED-WEIGHT-1M")
+        if used is not None and used.isdigit():
+            self.used_weight = int(used)
+            self._weight_minute = int(self._clock() * 1000 + self.offset_ms) // 60_000
+
     async def _request(
-        self, method: str, path: str, params: dict[str, Any] | None, signed: bool = True
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        signed: bool = True,
+        schema: Any = None,
+        api_key: bool = False,
     ) -> Any:
         try:
-            return await self._request_once(method, path, params, signed)
+            return await self._request_once(method, path, params, signed, schema, api_key)
         except ClockSkew:
             # The request was refused, so retrying with a corrected clock cannot duplicate anything.
             await self.sync_time()
-            return await self._request_once(method, path, params, signed)
+            return await self._request_once(method, path, params, signed, schema, api_key)
 
-    async def _request_once(self, method: str, path: str, params: dict[str, Any] | None, signed: bool) -> Any:
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        signed: bool,
+        schema: Any = None,
+        api_key: bool = False,
+    ) -> Any:
         wait = self.blocked_until - time.monotonic()
         if wait > 0:
             # Sending during a back-off window is what turns a 429 into a 418 ban.
@@ -158,10 +214,16 @@ class BinanceRest:
                 body = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
+                self._note_weight(resp.headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransportError(repr(exc)) from exc
         if status == 200:
-            return orjson.loads(body)
+            if schema is not None:
+                return _decode(body, schema)
+            try:
+                return orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise BadResponse("venue answer is not JSON") from None
         code: int | None = None
         msg = ""
         try:
@@ -189,37 +251,60 @@ class BinanceRest:
             "symbol": order.symbol,
             "side": order.side.value,
             "type": order.order_type.value,
-            "quantity": fmt_decimal(order.qty),
             "newClientOrderId": order.client_order_id,
-            "newOrderRespType": "RESULT",
+            # FULL: the answer carries the fills, so most fills are known without another request.
+            "newOrderRespType": self.resp_type,
         }
-        if order.order_type is OrderType.LIMIT:
+        kind = order.order_type
+        if kind is OrderType.MARKET and order.quote_qty is not None:
+            params["quoteOrderQty"] = fmt_decimal(order.quote_qty)
+        else:
+            params["quantity"] = fmt_decimal(order.qty)
+        if kind is OrderType.LIMIT:
             assert order.price is not None
-            params["timeInForce"] = "GTC"
+            params["timeInForce"] = order.time_in_force.value  # Binance refuses a LIMIT without it
+            params["price"] = fmt_decimal(order.price)
+        elif kind is OrderType.LIMIT_MAKER:
+            assert order.price is not None
             params["price"] = fmt_decimal(order.price)
         try:
-            return await self._request("POST", "/api/v3/order", params)
+            return await self._request("POST", "/api/v3/order", params, schema=vt.OrderResp)
         except (ServerError, TransportError) as exc:
             raise UnknownOutcome(exc) from exc
 
     async def query_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
         return await self._request(
-            "GET", "/api/v3/order", {"symbol": symbol, "origClientOrderId": client_order_id}
+            "GET",
+            "/api/v3/order",
+            {"symbol": symbol, "origClientOrderId": client_order_id},
+            schema=vt.OrderResp,
         )
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
         return await self._request(
-            "DELETE", "/api/v3/order", {"symbol": symbol, "origClientOrderId": client_order_id}
+            "DELETE",
+            "/api/v3/order",
+            {"symbol": symbol, "origClientOrderId": client_order_id},
+            schema=vt.OrderResp,
         )
 
     async def cancel_all(self, symbol: str) -> list[dict[str, Any]]:
         try:
-            return await self._request("DELETE", "/api/v3/openOrders", {"symbol": symbol})
+            rows = await self._request(
+                "DELETE", "/api/v3/openOrders", {"symbol": symbol}, schema=list[dict[str, Any]]
+            )
         except CancelRejected:
             return []  # nothing open: cancel-all is idempotent for us
+        # Order lists (OCO) answer with another shape; only plain orders are ours.
+        try:
+            return [msgspec.to_builtins(msgspec.convert(r, vt.OrderResp)) for r in rows if "orderId" in r]
+        except msgspec.MsgspecError as exc:
+            raise BadResponse(f"malformed venue answer: {str(exc)[:200]}") from None
 
     async def open_orders(self, symbol: str | None = None) -> list[dict[str, Any]]:
-        return await self._request("GET", "/api/v3/openOrders", {"symbol": symbol} if symbol else None)
+        return await self._request(
+            "GET", "/api/v3/openOrders", {"symbol": symbol} if symbol else None, schema=list[vt.OrderResp]
+        )
 
     async def my_trades(
         self, symbol: str, from_id: int | None = None, order_id: int | None = None, limit: int = 1000
@@ -229,13 +314,39 @@ class BinanceRest:
             params["orderId"] = order_id
         elif from_id is not None:
             params["fromId"] = from_id
-        return await self._request("GET", "/api/v3/myTrades", params)
+        return await self._request("GET", "/api/v3/myTrades", params, schema=list[vt.TradeRow])
 
     async def account(self) -> dict[str, Any]:
-        return await self._request("GET", "/api/v3/account", None)
+        return await self._request("GET", "/api/v3/account", None, schema=vt.Account)
 
     async def book_ticker(self, symbol: str) -> dict[str, Any]:
-        return await self._request("GET", "/api/v3/ticker/bookTicker", {"symbol": symbol}, signed=False)
+        return await self._request(
+            "GET", "/api/v3/ticker/bookTicker", {"symbol": symbol}, signed=False, schema=vt.BookTickerRest
+        )
 
-    async def exchange_info(self) -> dict[str, Any]:
-        return await self._request("GET", "/api/v3/exchangeInfo", None, signed=False)
+    async def exchange_info(self, symbols: list[str] | None = None) -> dict[str, Any]:
+        params = None
+        if symbols:
+            params = {"symbols": orjson.dumps(symbols).decode()}
+        info = await self._request(
+            "GET", "/api/v3/exchangeInfo", params, signed=False, schema=vt.ExchangeInfo
+        )
+        for limit in info.get("rateLimits", []):
+            if limit["rateLimitType"] == "REQUEST_WEIGHT" and limit["interval"] == "MINUTE":
+                self.weight_limit = max(1, limit["limit"] // limit["intervalNum"])
+        return info
+
+    # -- user-data stream (listen key) ----------------------------------------------------------
+    async def new_listen_key(self) -> str:
+        data = await self._request(
+            "POST", "/api/v3/userDataStream", None, signed=False, schema=vt.ListenKey, api_key=True
+        )
+        return str(data["listenKey"])
+
+    async def keepalive_listen_key(self, key: str) -> None:
+        await self._request("PUT", "/api/v3/userDataStream", {"listenKey": key}, signed=False, api_key=True)
+
+    async def close_listen_key(self, key: str) -> None:
+        await self._request(
+            "DELETE", "/api/v3/userDataStream", {"listenKey": key}, signed=False, api_key=True
+        )

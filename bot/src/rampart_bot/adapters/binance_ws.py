@@ -7,10 +7,13 @@ import logging
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
 
 import aiohttp
+import msgspec
 import orjson
 
 from ..core.model import BookTicker, Trade
@@ -38,23 +41,64 @@ class SubscribeAck:
 SERVER_SHUTDOWN = ServerShutdown()
 
 
+_DROP_LOG_INTERVAL_S = 10.0  # at most one log line per reason per interval (a flood must not flood logs)
+_SAMPLE_CHARS = 160
+
+
 class ParseStats:
-    """Plain counters: incrementing an int is far cheaper than a Prometheus counter on the hot path."""
+    """Plain counters: incrementing an int is far cheaper than a Prometheus counter on the hot path.
 
-    __slots__ = ("messages", "trades", "books", "dropped")
+    Every drop is counted; the first drop of each reason per interval is also logged with a truncated
+    sample of the frame, and the next line says how many were suppressed in between.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("messages", "trades", "books", "dropped", "_last_log", "_suppressed", "clock")
+
+    # One process, one log: the rate limit is shared by every ParseStats (class-level state).
+    _shared_last_log: dict[str, float] = {}
+    _shared_suppressed: dict[str, int] = {}
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, shared_log_limit: bool = True) -> None:
         self.messages = 0
         self.trades = 0
         self.books = 0
         self.dropped: dict[str, int] = {}
+        self._last_log = ParseStats._shared_last_log if shared_log_limit else {}
+        self._suppressed = ParseStats._shared_suppressed if shared_log_limit else {}
+        self.clock = clock
 
-    def drop(self, reason: str) -> None:
+    def drop(self, reason: str, sample: object = None) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        now = self.clock()
+        last = self._last_log.get(reason)
+        if last is not None and now - last < _DROP_LOG_INTERVAL_S:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        self._last_log[reason] = now
+        log.warning(
+            "market data frame dropped",
+            extra={
+                "reason": reason,
+                "sample": _sample(sample),
+                "suppressed_since_last": self._suppressed.pop(reason, 0),
+            },
+        )
+
+
+def _sample(raw: object) -> str:
+    if raw is None:
+        return ""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        text = bytes(raw[: _SAMPLE_CHARS + 1]).decode("utf-8", errors="replace")
+    elif isinstance(raw, str):
+        text = raw[: _SAMPLE_CHARS + 1]
+    else:
+        text = repr(raw)[: _SAMPLE_CHARS + 1]
+    return text if len(text) <= _SAMPLE_CHARS else text[:_SAMPLE_CHARS] + "..."
 
 
 # Venue decimals are plain "123.45" strings. Requiring exactly that rejects NaN, Infinity,
-# negatives and exponents (1e999999) before Decimal() sees them.
+# negatives, exponents (1e999999) and JSON numbers before Decimal() sees them.
 _PLAIN_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?").fullmatch
 _SYMBOL = re.compile(r"[A-Z0-9]{1,20}").fullmatch
 
@@ -64,11 +108,8 @@ _DEC_CACHE: dict[str, Decimal] = {}
 _DEC_CACHE_MAX = 8192
 
 
-def _dec(value: object) -> Decimal:
-    d = _DEC_CACHE.get(value)  # type: ignore[call-overload]
-    if d is not None:
-        return d
-    if type(value) is not str or _PLAIN_DECIMAL(value) is None:
+def _dec(value: str) -> Decimal:
+    if _PLAIN_DECIMAL(value) is None:
         raise ValueError("decimal field must be a short plain decimal string")
     if len(_DEC_CACHE) >= _DEC_CACHE_MAX:
         _DEC_CACHE.clear()
@@ -79,105 +120,150 @@ def _dec(value: object) -> Decimal:
 _SYMBOLS_SEEN: set[str] = set()
 
 
-def _size(value: object) -> str:
-    """Validate a size without converting it (see model.Trade)."""
-    if type(value) is not str or _PLAIN_DECIMAL(value) is None:  # type: ignore[arg-type]
-        raise ValueError("size must be a short plain decimal string")
-    return value  # type: ignore[return-value]
-
-
-def _symbol(value: object) -> str:
-    if value in _SYMBOLS_SEEN:  # type: ignore[operator]
-        return value  # type: ignore[return-value]
-    if type(value) is not str or _SYMBOL(value) is None:
+def _symbol(value: str) -> str:
+    if _SYMBOL(value) is None:
         raise ValueError("bad symbol")
     if len(_SYMBOLS_SEEN) < 10_000:
         _SYMBOLS_SEEN.add(value)
     return value
 
 
+# Binance ids are signed 64-bit; anything else is not an id.
+SeqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class _Frame(msgspec.Struct, gc=False):
+    """Every field a market-data frame may carry, strictly typed (msgspec refuses "m":"true",
+    a float id, a number where a decimal string belongs). Absent fields keep their sentinel
+    default, which the dispatcher reads as "missing"."""
+
+    e: str = ""
+    s: str = ""
+    t: SeqId = -1  # type: ignore[assignment]
+    p: str = ""
+    q: str = ""
+    T: int = -1
+    m: bool | None = None
+    u: SeqId = -1  # type: ignore[assignment]
+    b: str = ""
+    B: str = ""
+    a: str = ""
+    A: str = ""
+    # subscription acknowledgements and errors
+    id: Any = msgspec.UNSET
+    result: Any = msgspec.UNSET
+    error: Any = msgspec.UNSET
+    # combined-stream envelope
+    stream: str = ""
+    data: _Frame | None = None
+
+
+_decode_frame = msgspec.json.Decoder(_Frame).decode
+
+
 def parse_market_message(
     raw: str | bytes, stats: ParseStats
 ) -> Trade | BookTicker | ServerShutdown | SubscribeAck | None:
-    """Parse one frame. Anything malformed is counted in `stats` and returns None; this never raises."""
+    """Parse one frame. Anything malformed is counted (and logged, rate-limited) and returns None.
+
+    Never raises. The values are range-checked here (positive prices, bid < ask, 64-bit ids); the
+    market-relative checks (price band, sequence jumps) belong to the per-symbol book and tape.
+    """
     stats.messages += 1
     if len(raw) > MAX_MESSAGE_BYTES:
-        stats.drop("too_large")
+        stats.drop("too_large", raw)
         return None
     try:
-        msg = _loads(raw)
-    except orjson.JSONDecodeError:
-        stats.drop("invalid_json")
+        msg = _decode_frame(raw)
+    except msgspec.ValidationError as exc:
+        # Wrong type or out-of-range value, or not an object at all.
+        stats.drop("not_an_object" if str(exc).endswith("got `array`") or "- at" not in str(exc)
+                   else "bad_field", raw)  # fmt: skip
         return None
-    if type(msg) is not dict:
-        stats.drop("not_an_object")
+    except msgspec.DecodeError:
+        stats.drop("invalid_json", raw)
         return None
-    data = msg.get("data")
-    if data is not None and "stream" in msg:
-        if type(data) is not dict:
-            stats.drop("bad_envelope")
+    if msg.data is not None:
+        if not msg.stream:
+            stats.drop("bad_envelope", raw)
             return None
-        msg = data
-    # The two hot message kinds are parsed inline (helper calls cost more than the checks).
-    # Unhashable or wrong-typed values raise TypeError/ValueError inside and are counted below.
+        msg = msg.data
+    # The two hot message kinds are checked inline (helper calls cost more than the checks).
     dec_get = _DEC_CACHE.get
     try:
-        event = msg.get("e")
+        event = msg.e
         if event == "trade":
-            t = msg["t"]
-            ts = msg["T"]
-            sym = msg["s"]
-            p = msg["p"]
-            q = msg["q"]
-            if type(t) is not int or type(ts) is not int or t < 0:
-                raise TypeError("integer field expected")
+            t = msg.t
+            ts = msg.T
+            sym = msg.s
+            q = msg.q
+            m = msg.m
+            if t < 0 or ts < 0 or m is None or not q:
+                stats.drop("missing_field", raw)
+                return None
             if sym not in _SYMBOLS_SEEN:
                 _symbol(sym)
+            p = msg.p
             price = dec_get(p) or _dec(p)
-            if type(q) is not str or _PLAIN_DECIMAL(q) is None:
+            if _PLAIN_DECIMAL(q) is None:
                 raise ValueError("bad size")
-            trade = Trade(sym, t, price, q, ts, msg["m"] is True)
+            if not price or not q.strip("0."):
+                stats.drop("non_positive", raw)
+                return None
+            trade = Trade(sym, t, price, q, ts, m)
             stats.trades += 1
             return trade
-        if event is None and "u" in msg:
-            u = msg["u"]
-            sym = msg["s"]
-            b = msg["b"]
-            bq = msg["B"]
-            a = msg["a"]
-            aq = msg["A"]
-            if type(u) is not int or u < 0:
-                raise TypeError("integer field expected")
+        if not event and msg.u >= 0:
+            sym = msg.s
+            b = msg.b
+            a = msg.a
+            bq = msg.B
+            aq = msg.A
+            if not (b and a and bq and aq):
+                stats.drop("missing_field", raw)
+                return None
             if sym not in _SYMBOLS_SEEN:
                 _symbol(sym)
             bid = dec_get(b) or _dec(b)
             ask = dec_get(a) or _dec(a)
-            if (
-                type(bq) is not str
-                or _PLAIN_DECIMAL(bq) is None
-                or type(aq) is not str
-                or _PLAIN_DECIMAL(aq) is None
-            ):
+            if _PLAIN_DECIMAL(bq) is None or _PLAIN_DECIMAL(aq) is None:
                 raise ValueError("bad size")
-            book = BookTicker(sym, u, bid, bq, ask, aq)
+            if not bid or not ask:
+                stats.drop("non_positive", raw)
+                return None
+            if bid >= ask:
+                stats.drop("crossed_book", raw)
+                return None
+            book = BookTicker(sym, msg.u, bid, bq, ask, aq)
             stats.books += 1
             return book
         if event == "serverShutdown":
             return SERVER_SHUTDOWN
-        if "id" in msg and ("result" in msg or "error" in msg):
-            return SubscribeAck(msg.get("id"), msg.get("error"))
-        stats.drop("unknown_event")
+        if msg.id is not msgspec.UNSET and (
+            msg.result is not msgspec.UNSET or msg.error is not msgspec.UNSET
+        ):
+            ack = SubscribeAck(msg.id, None if msg.error is msgspec.UNSET else msg.error)
+            if ack.error is not None:
+                log.error("subscription refused by the venue", extra={"error": _sample(ack.error)})
+            return ack
+        if not event and not msg.s and msg.u < 0:
+            stats.drop("missing_field" if msg.b or msg.a else "unknown_event", raw)
+            return None
+        stats.drop("missing_field" if not event and msg.s else "unknown_event", raw)
         return None
-    except KeyError:
-        stats.drop("missing_field")
     except (TypeError, ValueError, InvalidOperation):
         # InvalidOperation subclasses ArithmeticError, not ValueError: list it explicitly.
-        stats.drop("bad_field")
+        stats.drop("bad_field", raw)
     return None
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter (spreads reconnect storms)."""
+    """Capped exponential backoff with jitter (spreads reconnect storms).
+
+    The attempt count is only forgotten through `reset()`, which the clients call once a connection
+    has stayed healthy for a while: a server that accepts, acknowledges and closes again must not
+    reset it (that was a reconnect storm of ~6 connections per second).
+    """
 
     def __init__(self, base_s: float = 0.1, cap_s: float = 30.0, rng: random.Random | None = None) -> None:
         self.base_s = base_s
@@ -186,7 +272,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * (2**self.attempt))
+        ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 60)))
         self.attempt += 1
         return self._rng.uniform(ceiling / 2, ceiling)
 
@@ -194,12 +280,57 @@ class Backoff:
         self.attempt = 0
 
 
+class ConnectLimiter:
+    """At most `limit` connection attempts per `window_s` (Binance: 300 per 5 minutes per IP).
+
+    `wait_s()` says how long to wait before the next attempt is allowed; `note()` records one.
+    """
+
+    def __init__(self, limit: int = 60, window_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        self._attempts: deque[float] = deque()
+
+    def wait_s(self) -> float:
+        now = self.clock()
+        attempts = self._attempts
+        while attempts and attempts[0] <= now - self.window_s:
+            attempts.popleft()
+        if len(attempts) < self.limit:
+            return 0.0
+        return attempts[0] + self.window_s - now
+
+    def note(self) -> None:
+        self._attempts.append(self.clock())
+
+
+async def close_bounded(ws: aiohttp.ClientWebSocketResponse, timeout_s: float) -> None:
+    """Close a WebSocket, but never wait longer than `timeout_s` for the peer's close frame.
+
+    aiohttp's close() reads until the peer answers; a peer that keeps streaming and never answers
+    keeps it reading forever (also when the receiving task runs that close itself). After the
+    timeout, or if another task is already closing, the connection is simply dropped.
+    """
+    try:
+        await asyncio.wait_for(ws.close(), timeout_s)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
+    # Harmless after a clean close; ends a close stuck in another task. aiohttp has no public
+    # abort for client WebSockets: closing the underlying response drops the connection.
+    resp = getattr(ws, "_response", None)
+    if resp is not None:
+        resp.close()
+
+
 class MarketDataClient:
     """Connects to `<ws_url>/stream`, SUBSCRIBEs, feeds every text frame to `on_message`.
 
     Reconnects forever with backoff; a watchdog closes silent (stalled) sockets; `serverShutdown`
-    and connection age trigger a prompt, backoff-free reconnect. `on_connected` runs after each
-    subscription (the engine uses it for REST catch-up and reconciliation).
+    and connection age trigger a prompt reconnect. Every attempt, prompt or not, passes the
+    connection limiter; the backoff resets only after `healthy_after_s` of a fresh, open connection.
+    `on_connected` runs after each subscription (the engine uses it for REST catch-up and
+    reconciliation).
     """
 
     def __init__(
@@ -214,6 +345,9 @@ class MarketDataClient:
         max_age_s: float = 23 * 3600,
         backoff: Backoff | None = None,
         path: str = "/stream",
+        healthy_after_s: float = 30.0,
+        limiter: ConnectLimiter | None = None,
+        close_timeout_s: float = 1.0,
     ) -> None:
         self.session = session
         self.ws_url = ws_url.rstrip("/")
@@ -225,8 +359,12 @@ class MarketDataClient:
         self.stale_after_s = stale_after_s
         self.max_age_s = max_age_s
         self.backoff = backoff or Backoff()
+        self.healthy_after_s = healthy_after_s
+        self.limiter = limiter or ConnectLimiter()
+        self.close_timeout_s = close_timeout_s
         self.connected = False
         self.reconnects = 0
+        self.connect_attempts = 0
         self.last_message_monotonic = 0.0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._stopping = False
@@ -235,6 +373,7 @@ class MarketDataClient:
         self.stale_reconnects = 0
         self.frames = 0
         self._frames_seen = 0
+        self.last_healthy = False
 
     @property
     def staleness_s(self) -> float:
@@ -255,12 +394,19 @@ class MarketDataClient:
     async def stop(self) -> None:
         self._stopping = True
         if self._ws is not None:
-            await self._ws.close()
+            await close_bounded(self._ws, self.close_timeout_s)
 
     async def run(self) -> None:
         watchdog = asyncio.create_task(self._watchdog())
         try:
             while not self._stopping:
+                wait = self.limiter.wait_s()
+                if wait > 0:
+                    log.warning("market data connection limit reached", extra={"retry_in_s": round(wait, 1)})
+                    await asyncio.sleep(wait)
+                    continue
+                self.limiter.note()
+                self.connect_attempts += 1
                 reason = await self._session_once()
                 self.connected = False
                 if self.on_disconnected is not None:
@@ -270,7 +416,8 @@ class MarketDataClient:
                 self.reconnects += 1
                 if self._reconnect_now:
                     self._reconnect_now = False
-                    continue
+                    if self.last_healthy:
+                        continue  # rotation of a healthy connection: reconnect promptly (still limited)
                 delay = self.backoff.next_delay()
                 log.warning(
                     "market data disconnected", extra={"reason": reason, "retry_in_s": round(delay, 3)}
@@ -286,12 +433,14 @@ class MarketDataClient:
                 autoping=True,
                 max_msg_size=MAX_MESSAGE_BYTES * 4,
                 # A stalled peer never answers our close frame: do not wait long for it.
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=min(1.0, self.stale_after_s)),
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout_s),
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return f"connect_failed:{type(exc).__name__}"
         self._ws = ws
         self._opened_monotonic = time.monotonic()
+        healthy_at = self._opened_monotonic + self.healthy_after_s
+        proven = False
         try:
             await ws.send_bytes(orjson.dumps({"method": "SUBSCRIBE", "params": self.streams, "id": 1}))
             self.connected = True
@@ -301,7 +450,6 @@ class MarketDataClient:
             handler = self.on_message
             receive = ws.receive
             text = aiohttp.WSMsgType.TEXT
-            got_data = False
             while True:
                 msg = await receive()
                 if msg.type is text:
@@ -309,8 +457,8 @@ class MarketDataClient:
                     if handler(msg.data) is SERVER_SHUTDOWN:
                         self._reconnect_now = True
                         return "server_shutdown"
-                    if not got_data:
-                        got_data = True
+                    if not proven and (self.frames & 63) == 0 and time.monotonic() >= healthy_at:
+                        proven = True  # stayed up and streaming long enough: forget past failures
                         self.backoff.reset()
                     continue
                 if msg.type is aiohttp.WSMsgType.BINARY:
@@ -326,8 +474,10 @@ class MarketDataClient:
         finally:
             self.connected = False
             self._ws = None
-            if not ws.closed:
-                await ws.close()
+            self.last_healthy = time.monotonic() >= healthy_at
+            if not proven and self.last_healthy:
+                self.backoff.reset()  # a quiet but long-lived connection was healthy too
+            await close_bounded(ws, self.close_timeout_s)
 
     async def _watchdog(self) -> None:
         """Close silent or too-old sockets; the run loop then reconnects and resubscribes."""
@@ -341,7 +491,7 @@ class MarketDataClient:
                 log.warning("market data stale, forcing reconnect", extra={"staleness_s": self.staleness_s})
                 self.stale_reconnects += 1
                 self._reconnect_now = True
-                await ws.close()
+                await close_bounded(ws, self.close_timeout_s)
             elif time.monotonic() - self._opened_monotonic > self.max_age_s:
                 self._reconnect_now = True
-                await ws.close()
+                await close_bounded(ws, self.close_timeout_s)

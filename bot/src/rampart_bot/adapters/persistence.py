@@ -23,13 +23,14 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..core.model import Fill, Order, OrderStatus, OrderType, Side
+from ..core.model import Fill, Order, OrderStatus, OrderType, Side, TimeInForce
 from ..core.orders import Position
 
 metadata = MetaData()
@@ -47,7 +48,7 @@ orders = Table(
     Column("client_order_id", String(36), primary_key=True),
     Column("symbol", String(20), nullable=False),
     Column("side", String(4), nullable=False),
-    Column("order_type", String(10), nullable=False),
+    Column("order_type", String(16), nullable=False),
     Column("qty", String(40), nullable=False),
     Column("price", String(40)),
     Column("status", String(20), nullable=False),
@@ -56,6 +57,8 @@ orders = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     Column("reason", Text, nullable=False, default=""),
+    Column("time_in_force", String(3), nullable=False, default="GTC"),
+    Column("quote_qty", String(40)),
 )
 
 fills = Table(
@@ -111,8 +114,19 @@ def _v2(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_orders_status ON orders (status)"))
 
 
+def _v3(conn: Connection) -> None:
+    # Order types with a time in force, LIMIT_MAKER (11 chars) and MARKET by quote amount.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE orders ALTER COLUMN order_type TYPE VARCHAR(16)"))
+    existing = {c["name"] for c in inspect(conn).get_columns("orders")}
+    if "time_in_force" not in existing:
+        conn.execute(text("ALTER TABLE orders ADD COLUMN time_in_force VARCHAR(3) NOT NULL DEFAULT 'GTC'"))
+    if "quote_qty" not in existing:
+        conn.execute(text("ALTER TABLE orders ADD COLUMN quote_qty VARCHAR(40)"))
+
+
 # Append only. Each step runs once, in its own transaction, and is recorded in schema_migrations.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
 
 
 def _now_ms() -> int:
@@ -221,6 +235,8 @@ class Store:
             "created_ms": o.created_ms,
             "updated_ms": o.updated_ms,
             "reason": o.reason,
+            "time_in_force": o.time_in_force.value,
+            "quote_qty": _s(o.quote_qty),
         }
 
     def _hot_execute(self, stmt: Any, params: dict[str, Any]) -> Any:
@@ -293,6 +309,8 @@ class Store:
                 created_ms=r["created_ms"],
                 updated_ms=r["updated_ms"],
                 reason=r["reason"] or "",
+                time_in_force=TimeInForce(r["time_in_force"] or "GTC"),
+                quote_qty=Decimal(r["quote_qty"]) if r["quote_qty"] is not None else None,
             )
             for r in rows
         ]

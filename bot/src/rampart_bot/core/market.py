@@ -1,4 +1,9 @@
-"""Top of book and a bounded trade tape per symbol."""
+"""Top of book and a bounded trade tape per symbol, each guarding itself against a corrupt feed.
+
+A frame that survived parsing can still be wrong for *this* market: a crossed book, a price far from
+anything seen before, or a sequence id that jumps by billions. Such a frame is a feed fault: it is
+refused (with a reason the engine counts and logs) and never becomes the new truth.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,56 @@ from decimal import Decimal
 
 from .model import BookTicker, Trade
 
+# Plausibility limits; the engine passes its configured values.
+DEFAULT_MAX_SEQ_JUMP = 1_000_000_000  # one message never advances an update/trade id this far
+DEFAULT_PRICE_BAND = Decimal("0.25")  # a price more than 25 % from the last good one is refused
+DEFAULT_MAX_PRICE = Decimal("10000000")  # absolute ceiling, before any reference price exists
+# After this many refused frames in a row the feed disagrees with *us*: forget the sequence baseline
+# (an earlier frame may have poisoned it), or ask for a REST resync of the reference price.
+REBASELINE_AFTER = 5
+
+
+class PriceBand:
+    """The last good price of one symbol and the band a new price must fall in."""
+
+    __slots__ = ("band", "max_price", "ref", "lo", "hi", "_in_lo", "_in_hi", "refused_in_row")
+
+    def __init__(self, band: Decimal = DEFAULT_PRICE_BAND, max_price: Decimal = DEFAULT_MAX_PRICE) -> None:
+        self.band = band
+        self.max_price = max_price
+        self.refused_in_row = 0
+        self.clear()
+
+    def clear(self) -> None:
+        self.ref: Decimal | None = None
+        self.lo = Decimal(0)
+        self.hi = self.max_price
+        self._in_lo = self._in_hi = Decimal(0)  # inner band: no recompute while prices stay near ref
+
+    def allows(self, price: Decimal) -> bool:
+        return self.lo < price <= self.hi
+
+    def accept(self, price: Decimal) -> None:
+        self.refused_in_row = 0
+        if self._in_lo <= price <= self._in_hi:
+            return  # bounds still centred closely enough: skip two Decimal multiplications
+        self.ref = price
+        self.lo = price * (1 - self.band)
+        self.hi = min(price * (1 + self.band), self.max_price)
+        quarter = self.band / 4
+        self._in_lo = price * (1 - quarter)
+        self._in_hi = price * (1 + quarter)
+
 
 class TopOfBook:
-    __slots__ = ("symbol", "update_id", "bid", "ask", "tick", "received_ns", "_mid")
+    __slots__ = (
+        "symbol", "update_id", "bid", "ask", "tick", "received_ns", "_mid", "band", "max_jump",
+        "reject", "refused_in_row",
+    )  # fmt: skip
 
-    def __init__(self, symbol: str) -> None:
+    def __init__(
+        self, symbol: str, band: PriceBand | None = None, max_jump: int = DEFAULT_MAX_SEQ_JUMP
+    ) -> None:
         self.symbol = symbol
         self.update_id = -1
         self.bid: Decimal | None = None
@@ -19,27 +69,53 @@ class TopOfBook:
         self.tick: BookTicker | None = None
         self._mid: Decimal | None = None
         self.received_ns = 0
+        self.band = band if band is not None else PriceBand()
+        self.max_jump = max_jump
+        self.reject = ""  # why the last apply() returned False: "stale" or a feed-fault reason
+        self.refused_in_row = 0
 
     def apply(self, tick: BookTicker, now_ns: int) -> bool:
-        """Apply a book ticker; stale (older update id) ticks are ignored.
+        """Apply a book ticker. False (with `self.reject` set) if it is stale or a feed fault.
 
-        A REST snapshot after a reconnect may carry any update id, so callers reset with `force=True`
-        semantics by calling `reset()` first.
+        A REST snapshot carries no usable update id: callers `reset()` and apply it with update_id -1.
         """
-        if tick.update_id < self.update_id:
-            return False
-        if tick.bid > tick.ask and tick.ask > 0:
-            return False  # crossed book from a corrupt message: never let it reach a strategy
-        self.update_id = tick.update_id
-        self.bid = tick.bid
-        self.ask = tick.ask
+        u = tick.update_id
+        last = self.update_id
+        bid = tick.bid
+        ask = tick.ask
+        if last >= 0:
+            if u < last:
+                return self._refuse("stale")
+            if u - last > self.max_jump:
+                return self._refuse("seq_jump")
+        if not (0 < bid < ask):
+            return self._refuse("crossed_or_nonpositive")  # includes ask 0 and a 0/0 book
+        band = self.band
+        if not (band.allows(bid) and band.allows(ask)):
+            band.refused_in_row += 1
+            return self._refuse("price_out_of_band")
+        self.refused_in_row = 0
+        self.update_id = u
+        self.bid = bid
+        self.ask = ask
         self.tick = tick  # sizes are read lazily from the tick
         self._mid = None
         self.received_ns = now_ns
+        band.accept(bid)
         return True
+
+    def _refuse(self, reason: str) -> bool:
+        self.reject = reason
+        self.refused_in_row += 1
+        if self.refused_in_row >= REBASELINE_AFTER and reason in ("stale", "seq_jump"):
+            # Every recent update disagrees with our baseline: the baseline is the outlier.
+            self.update_id = -1
+            self.refused_in_row = 0
+        return False
 
     def reset(self) -> None:
         self.update_id = -1
+        self.refused_in_row = 0
 
     @property
     def bid_qty(self) -> Decimal | None:
@@ -81,19 +157,53 @@ class BookMarks:
 
 
 class TradeTape:
-    __slots__ = ("symbol", "trades", "last_trade_id")
+    __slots__ = ("symbol", "trades", "last_trade_id", "band", "max_jump", "reject", "refused_in_row")
 
-    def __init__(self, symbol: str, maxlen: int = 1000) -> None:
+    def __init__(
+        self,
+        symbol: str,
+        maxlen: int = 1000,
+        band: PriceBand | None = None,
+        max_jump: int = DEFAULT_MAX_SEQ_JUMP,
+    ) -> None:
         self.symbol = symbol
         self.trades: deque[Trade] = deque(maxlen=maxlen)
         self.last_trade_id = -1
+        self.band = band if band is not None else PriceBand()
+        self.max_jump = max_jump
+        self.reject = ""
+        self.refused_in_row = 0
 
     def apply(self, trade: Trade) -> bool:
-        if trade.trade_id <= self.last_trade_id:
-            return False  # replay after reconnect: already seen
-        self.last_trade_id = trade.trade_id
+        """False (with `self.reject`) for a replayed trade ("stale") or a feed fault."""
+        t = trade.trade_id
+        last = self.last_trade_id
+        if last >= 0:
+            if t <= last:
+                return self._refuse("stale")  # replay after reconnect: already seen
+            if t - last > self.max_jump:
+                return self._refuse("seq_jump")
+        if not self.band.allows(trade.price):
+            self.band.refused_in_row += 1
+            return self._refuse("price_out_of_band")
+        self.refused_in_row = 0
+        self.last_trade_id = t
         self.trades.append(trade)
+        self.band.accept(trade.price)
         return True
+
+    def _refuse(self, reason: str) -> bool:
+        self.reject = reason
+        self.refused_in_row += 1
+        if self.refused_in_row >= REBASELINE_AFTER and reason in ("stale", "seq_jump"):
+            self.last_trade_id = -1
+            self.refused_in_row = 0
+        return False
+
+    def reset(self) -> None:
+        """After a reconnect the venue's ids are the truth again; keep the prices for strategies."""
+        self.last_trade_id = -1
+        self.refused_in_row = 0
 
     @property
     def last_price(self) -> Decimal | None:

@@ -19,8 +19,15 @@ class Side(enum.StrEnum):
 
 
 class OrderType(enum.StrEnum):
-    LIMIT = "LIMIT"
-    MARKET = "MARKET"
+    LIMIT = "LIMIT"  # with a time in force: GTC rests, IOC/FOK never rest (EXPIRED if not filled)
+    MARKET = "MARKET"  # by base quantity, or by quote amount (quoteOrderQty)
+    LIMIT_MAKER = "LIMIT_MAKER"  # post-only: the venue rejects it if it would take
+
+
+class TimeInForce(enum.StrEnum):
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
 
 
 class OrderStatus(enum.StrEnum):
@@ -141,6 +148,8 @@ class OrderIntent:
     qty: Decimal
     price: Decimal | None = None  # None means a market order
     order_type: OrderType = OrderType.LIMIT
+    time_in_force: TimeInForce = TimeInForce.GTC  # LIMIT only
+    quote_qty: Decimal | None = None  # MARKET by quote amount: qty is then the estimate for risk
 
 
 @dataclass(slots=True)
@@ -172,6 +181,8 @@ class Order:
     updated_ms: int = 0
     reason: str = ""
     submit_attempts: int = 0
+    time_in_force: TimeInForce = TimeInForce.GTC
+    quote_qty: Decimal | None = None
 
     @property
     def remaining(self) -> Decimal:

@@ -124,6 +124,8 @@ class OrderTracker:
             price=intent.price,
             created_ms=now_ms,
             updated_ms=now_ms,
+            time_in_force=intent.time_in_force,
+            quote_qty=intent.quote_qty,
         )
         if order.price is None:
             self._ref_price[order.client_order_id] = self.marks.get(order.symbol, ZERO)

@@ -112,16 +112,26 @@ class RiskEngine:
             return RiskDecision(False, "halted")
 
         qty = intent.qty
+        kind = intent.order_type
+        by_quote = kind is OrderType.MARKET and intent.quote_qty is not None
+        if by_quote:
+            # MARKET by quote amount: the venue derives the quantity; judge it at the mark price.
+            mark = view.mark(intent.symbol)
+            if mark is None or mark <= ZERO:
+                return RiskDecision(False, "no_mark_price")
+            if intent.quote_qty <= ZERO:  # type: ignore[operator]
+                return RiskDecision(False, "qty_not_positive")
+            qty = intent.quote_qty / mark  # type: ignore[operator]
         if qty <= ZERO:
             return RiskDecision(False, "qty_not_positive")
-        if qty % rules.step_size:
+        if not by_quote and qty % rules.step_size:
             return RiskDecision(False, "qty_precision")
         if qty < rules.min_qty:
             return RiskDecision(False, "qty_below_min")
         if qty > rules.max_qty:
             return RiskDecision(False, "qty_above_max")
 
-        if intent.order_type is OrderType.LIMIT:
+        if kind is OrderType.LIMIT or kind is OrderType.LIMIT_MAKER:
             if intent.price is None or intent.price <= ZERO:
                 return RiskDecision(False, "price_missing")
             if intent.price % rules.tick_size:
@@ -132,14 +142,14 @@ class RiskEngine:
             if mark is None:
                 return RiskDecision(False, "no_mark_price")
             price = mark
-        notional = price * qty
+        notional = intent.quote_qty if by_quote else price * qty  # type: ignore[assignment]
         if notional < rules.min_notional:
             return RiskDecision(False, "notional_below_min")
         if notional > rules.max_notional:
             return RiskDecision(False, "notional_above_max")
 
         pos = view.position(intent.symbol)
-        reduces = self._reduces(intent, pos, view)
+        reduces = self._reduces(intent, qty, pos, view)
         if state is TradingState.REDUCING and not reduces:
             return RiskDecision(False, "reducing_only")
 
@@ -168,11 +178,11 @@ class RiskEngine:
         return APPROVED
 
     @staticmethod
-    def _reduces(intent: OrderIntent, pos: Decimal, view: ExposureView) -> bool:
+    def _reduces(intent: OrderIntent, qty: Decimal, pos: Decimal, view: ExposureView) -> bool:
         if pos > ZERO and intent.side is Side.SELL:
-            return intent.qty + view.open_qty(intent.symbol, Side.SELL) <= pos
+            return qty + view.open_qty(intent.symbol, Side.SELL) <= pos
         if pos < ZERO and intent.side is Side.BUY:
-            return intent.qty + view.open_qty(intent.symbol, Side.BUY) <= -pos
+            return qty + view.open_qty(intent.symbol, Side.BUY) <= -pos
         return False
 
     def loss_limit_breached(self, view: ExposureView) -> bool:

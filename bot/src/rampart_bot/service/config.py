@@ -22,6 +22,10 @@ class VenueConfig:
     ws_url: str = "ws://127.0.0.1:9100"
     recv_window_ms: int = 5000
     timeout_s: float = 5.0
+    # FULL answers carry the fills (fewer requests); RESULT/ACK leave them to the stream and myTrades.
+    order_resp_type: str = "FULL"
+    user_stream: bool = True  # fills and balances from the user-data stream (listen key)
+    rules_refresh_s: float = 3600.0  # exchangeInfo re-read interval (symbol filters, rate limits)
 
 
 @dataclass
@@ -54,6 +58,14 @@ class RuntimeConfig:
     max_submit_attempts: int = 3
     breaker_failures: int = 5
     breaker_reset_s: float = 10.0
+    # Market-data plausibility (feed faults are dropped, counted and logged, never applied).
+    price_band: float = 0.25  # refuse prices more than this fraction away from the last good one
+    max_price: float = 10_000_000.0  # absolute ceiling (exchangeInfo's PRICE_FILTER maxPrice if lower)
+    max_seq_jump: int = 1_000_000_000  # largest plausible step of an update id / trade id
+    # Reconnects: backoff resets only after a connection stayed healthy this long; connection attempts
+    # are capped per 5 minutes (Binance allows 300 per IP; stay well below, other clients share it).
+    healthy_after_s: float = 30.0
+    max_connects_per_5min: int = 60
 
 
 @dataclass
@@ -73,6 +85,8 @@ class BotConfig:
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     log_level: str = "INFO"
+    # Per symbol, the rule keys the config file set explicitly (they override exchangeInfo).
+    symbol_overrides: dict[str, dict[str, Decimal]] = field(default_factory=dict)
 
 
 DEFAULT_SYMBOLS = [
@@ -132,33 +146,41 @@ def _apply_section(where: str, target: Any, data: Any, nested: dict[str, Any] | 
         setattr(target, key, _typed(path, value, type(current)))
 
 
-def _symbol(where: str, data: Any) -> SymbolRules:
+_RULE_KEYS = ("tick_size", "step_size", "min_qty", "max_qty", "min_notional", "max_notional")
+
+
+def _symbol(where: str, data: Any, overrides: dict[str, dict[str, Decimal]]) -> SymbolRules:
+    """A [[symbols]] entry. The trading rules come from the venue's exchangeInfo; any rule key given
+    here overrides the venue's value (and, if all are given, the bot can trade without exchangeInfo)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table")
-    required = ("symbol", "base", "quote", "tick_size", "step_size", "min_qty", "max_qty", "min_notional")
+    required = ("symbol", "base", "quote")
     for key in required:
         if key not in data:
             raise ConfigError(f"{where}.{key}: missing")
-    unknown = set(data) - set(required) - {"max_notional"}
+    unknown = set(data) - set(required) - set(_RULE_KEYS)
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
     sym = _typed(f"{where}.symbol", data["symbol"], str)
     if not sym.isalnum() or not sym.isupper():
         raise ConfigError(f"{where}.symbol: {sym!r} must be upper-case letters and digits")
-    rules = SymbolRules(
+    given = {k: _dec(f"{where}.{k}", data[k]) for k in _RULE_KEYS if k in data}
+    if given.get("tick_size") == 0 or given.get("step_size") == 0:
+        raise ConfigError(f"{where}: tick_size and step_size must be positive")
+    overrides[sym] = given
+    # Placeholders until exchangeInfo arrives (the engine does not trade before it has rules).
+    base = DEFAULT_SYMBOLS[0]
+    return SymbolRules(
         symbol=sym,
         base_asset=_typed(f"{where}.base", data["base"], str),
         quote_asset=_typed(f"{where}.quote", data["quote"], str),
-        tick_size=_dec(f"{where}.tick_size", data["tick_size"]),
-        step_size=_dec(f"{where}.step_size", data["step_size"]),
-        min_qty=_dec(f"{where}.min_qty", data["min_qty"]),
-        max_qty=_dec(f"{where}.max_qty", data["max_qty"]),
-        min_notional=_dec(f"{where}.min_notional", data["min_notional"]),
-        max_notional=_dec(f"{where}.max_notional", data.get("max_notional", "1000000000")),
+        tick_size=given.get("tick_size", base.tick_size),
+        step_size=given.get("step_size", base.step_size),
+        min_qty=given.get("min_qty", base.min_qty),
+        max_qty=given.get("max_qty", base.max_qty),
+        min_notional=given.get("min_notional", base.min_notional),
+        max_notional=given.get("max_notional", Decimal("1000000000")),
     )
-    if rules.tick_size == 0 or rules.step_size == 0:
-        raise ConfigError(f"{where}: tick_size and step_size must be positive")
-    return rules
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> BotConfig:
@@ -179,7 +201,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> BotConfig:
             elif key == "symbols":
                 if not isinstance(value, list) or not value:
                     raise ConfigError(f"{where}: expected a non-empty array of tables ([[symbols]])")
-                cfg.symbols = [_symbol(f"{where}[{i}]", item) for i, item in enumerate(value)]
+                cfg.symbols = [
+                    _symbol(f"{where}[{i}]", item, cfg.symbol_overrides) for i, item in enumerate(value)
+                ]
             elif key == "risk":
                 cfg.limits, cfg.start_halted = _risk(where, value, cfg.limits)
             elif key == "strategy":
@@ -242,6 +266,10 @@ def validate(cfg: BotConfig, source: str) -> None:
             raise ConfigError(f"{source}: venue.{key}: paper mode refuses a production venue host")
     if not 0 < cfg.venue.recv_window_ms <= 60000:
         raise ConfigError(f"{source}: venue.recv_window_ms: must be in 1..60000")
+    if cfg.venue.order_resp_type not in ("ACK", "RESULT", "FULL"):
+        raise ConfigError(f"{source}: venue.order_resp_type: must be ACK, RESULT or FULL")
+    if cfg.venue.rules_refresh_s <= 0:
+        raise ConfigError(f"{source}: venue.rules_refresh_s: must be positive")
     if cfg.secrets.provider not in ("credentials", "vault", "dotenv"):
         raise ConfigError(f"{source}: secrets.provider: must be credentials, vault or dotenv")
     if cfg.secrets.provider == "vault":
@@ -257,6 +285,13 @@ def validate(cfg: BotConfig, source: str) -> None:
     prefix = cfg.runtime.client_id_prefix
     if not prefix.isalnum() or len(prefix) > 8:
         raise ConfigError(f"{source}: runtime.client_id_prefix: 1-8 letters or digits")
+    rt = cfg.runtime
+    if not 0 < rt.price_band < 1:
+        raise ConfigError(f"{source}: runtime.price_band: must be between 0 and 1 (exclusive)")
+    if rt.max_price <= 0 or rt.max_seq_jump <= 0 or rt.healthy_after_s < 0:
+        raise ConfigError(f"{source}: runtime.max_price/max_seq_jump/healthy_after_s: must be positive")
+    if not 1 <= rt.max_connects_per_5min <= 300:
+        raise ConfigError(f"{source}: runtime.max_connects_per_5min: must be in 1..300")
     if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{source}: log_level: must be DEBUG, INFO, WARNING or ERROR")
 

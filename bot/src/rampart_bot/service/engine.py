@@ -10,6 +10,7 @@ fills are pulled from the account side and applied once per trade id.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -18,8 +19,11 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from ..adapters.binance_rest import (
+    WEIGHT_HARD,
+    WEIGHT_SOFT,
     BinanceRest,
     CancelRejected,
     ClockSkew,
@@ -31,18 +35,37 @@ from ..adapters.binance_rest import (
     UnknownOutcome,
     VenueError,
 )
+from ..adapters.binance_user import UserStreamClient
 from ..adapters.binance_ws import (
     SERVER_SHUTDOWN,
     Backoff,
+    ConnectLimiter,
     MarketDataClient,
     ParseStats,
     ServerShutdown,
     parse_market_message,
 )
 from ..adapters.persistence import Store
+from ..adapters.venue_types import (
+    ExecutionReport,
+    ListenKeyExpired,
+    OutboundAccountPosition,
+    ServerShutdownEvent,
+    decode_user_event,
+)
 from ..core.breaker import CircuitBreaker
-from ..core.market import BookMarks, TopOfBook, TradeTape
-from ..core.model import BookTicker, Fill, Order, OrderIntent, OrderStatus, Side, Trade, TradingState
+from ..core.market import BookMarks, PriceBand, TopOfBook, TradeTape
+from ..core.model import (
+    BookTicker,
+    Fill,
+    Order,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    Side,
+    Trade,
+    TradingState,
+)
 from ..core.orders import ClientIdGenerator, OrderTracker
 from ..core.risk import RiskEngine
 from ..core.strategy import Strategy, build_strategy
@@ -52,6 +75,9 @@ from .metrics import Metrics
 log = logging.getLogger("rampart_bot.engine")
 
 _VENUE_STATUS = {s.value: s for s in OrderStatus}
+BAND_RESYNC_AFTER = 20
+LANDING_MARGIN_MS = 1000
+RESOLVE_QUERY_ATTEMPTS = 5  # consecutive out-of-band frames before the reference is re-taken from REST
 
 
 class Engine:
@@ -76,9 +102,13 @@ class Engine:
             ClientIdGenerator(cfg.runtime.client_id_prefix, int(clock() * 1000)),
             {s.symbol: s.quote_asset for s in cfg.symbols},
         )
-        self.books = {s: TopOfBook(s) for s in self.symbols}
+        rt = cfg.runtime
+        self.bands = {
+            s: PriceBand(Decimal(str(rt.price_band)), Decimal(str(rt.max_price))) for s in self.symbols
+        }
+        self.books = {s: TopOfBook(s, self.bands[s], rt.max_seq_jump) for s in self.symbols}
         self.tracker.marks = BookMarks(self.books)
-        self.tapes = {s: TradeTape(s) for s in self.symbols}
+        self.tapes = {s: TradeTape(s, band=self.bands[s], max_jump=rt.max_seq_jump) for s in self.symbols}
         self.parse_stats = ParseStats()
         self.metrics = Metrics()
         mono = time.monotonic
@@ -89,6 +119,17 @@ class Engine:
             "vault": CircuitBreaker("vault", mono, rt.breaker_failures, rt.breaker_reset_s),
         }
         self.md: MarketDataClient | None = None
+        self.user_stream: UserStreamClient | None = None
+        self.user_stream_enabled = cfg.venue.user_stream
+        # One budget for every WebSocket we open: the venue counts connections per IP.
+        self.connect_limiter = ConnectLimiter(cfg.runtime.max_connects_per_5min, 300.0)
+        self.venue_balances: dict[str, Decimal] = {}  # latest outboundAccountPosition (informational)
+        self.rules_loaded_monotonic: float | None = None
+        self.overrides = cfg.symbol_overrides
+        # Without exchangeInfo the bot trades only on rules the config gives completely.
+        self.rules_complete_from_config = bool(self.overrides) and all(
+            len(self.overrides.get(s, {})) == 6 for s in self.symbols
+        )
         self.reconciled = False
         self.secrets_loaded = False
         self.db_ok = True
@@ -130,12 +171,25 @@ class Engine:
             on_disconnected=self._on_disconnected,
             stale_after_s=self.cfg.runtime.stale_after_s,
             backoff=Backoff(self.cfg.runtime.reconnect_base_s, self.cfg.runtime.reconnect_cap_s),
+            healthy_after_s=self.cfg.runtime.healthy_after_s,
+            limiter=self.connect_limiter,
         )
         self._bg = [
             asyncio.create_task(self.md.run(), name="market-data"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._poll_loop(), name="account-poll"),
         ]
+        if self.user_stream_enabled:
+            self.user_stream = UserStreamClient(
+                session,
+                self.rest,
+                self.cfg.venue.ws_url,
+                self.on_user_raw,
+                backoff=Backoff(self.cfg.runtime.reconnect_base_s, self.cfg.runtime.reconnect_cap_s),
+                limiter=self.connect_limiter,
+                healthy_after_s=self.cfg.runtime.healthy_after_s,
+            )
+            self._bg.append(asyncio.create_task(self.user_stream.run(), name="user-data"))
         self._reconcile_wanted.set()
         if self.risk.manual_state is TradingState.HALTED:
             # A kill requested by config still cancels whatever the venue holds for us.
@@ -146,6 +200,8 @@ class Engine:
         self.accepting = False
         if self.md is not None:
             await self.md.stop()
+        if self.user_stream is not None:
+            await self.user_stream.stop()
         pending = [t for t in self._tasks if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
@@ -158,6 +214,7 @@ class Engine:
         for task in self._bg:
             task.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
+        self._save_expected_balances()  # the next start compares the venue with what we expect now
         for task in list(self._tasks):
             task.cancel()
         await self._notify()
@@ -217,9 +274,10 @@ class Engine:
     def _on_book(self, tick: BookTicker) -> None:
         book = self.books.get(tick.symbol)
         if book is None:
-            self.parse_stats.drop("unknown_symbol")
+            self.parse_stats.drop("unknown_symbol", tick)
             return
         if not book.apply(tick, self._current_tick_ns):
+            self._refused(book.reject, tick, book.band)
             return
         intent = self.strategy.on_book(book, self.tracker)
         if intent is not None:
@@ -228,12 +286,26 @@ class Engine:
     def _on_trade(self, trade: Trade) -> None:
         tape = self.tapes.get(trade.symbol)
         if tape is None:
-            self.parse_stats.drop("unknown_symbol")
+            self.parse_stats.drop("unknown_symbol", trade)
             return
-        if tape.apply(trade):
-            intent = self.strategy.on_trade(tape, self.tracker)
-            if intent is not None:
-                self.submit_intent(intent)
+        if not tape.apply(trade):
+            self._refused(tape.reject, trade, tape.band)
+            return
+        intent = self.strategy.on_trade(tape, self.tracker)
+        if intent is not None:
+            self.submit_intent(intent)
+
+    def _refused(self, reason: str, event: object, band: PriceBand) -> None:
+        """A well-formed frame the book or tape refused: a replay is normal, anything else a feed fault."""
+        if reason == "stale":
+            return
+        self.parse_stats.drop(reason, event)
+        if reason == "price_out_of_band" and band.refused_in_row >= BAND_RESYNC_AFTER:
+            # The stream keeps disagreeing with our reference price: let a REST snapshot decide.
+            band.refused_in_row = 0
+            band.clear()
+            self.reconciled = False
+            self._request_reconcile("price_band")
 
     # -- order path ----------------------------------------------------------------------------
     def submit_intent(self, intent: OrderIntent) -> Order | None:
@@ -249,6 +321,10 @@ class Engine:
             return None
         if not self.breakers["db"].allow():
             self.metrics.reject("breaker_db")
+            return None
+        if self.rest.weight_ratio() >= WEIGHT_HARD:
+            # Close to the venue's request-weight limit: refuse locally before it answers 429.
+            self.metrics.reject("weight_budget")
             return None
         decision = self.risk.check(intent, self.tracker, time.monotonic())
         if not decision.approved:
@@ -285,6 +361,10 @@ class Engine:
     async def _send_until_known(self, order: Order, tick_ns: int = 0) -> None:
         attempts = self.cfg.runtime.max_submit_attempts
         while order.submit_attempts < attempts:
+            if order.submit_attempts:
+                # A resend: stamp it, so the "could it still land?" deadline starts again from here.
+                order.updated_ms = int(self.clock() * 1000)
+                self._save(order)
             order.submit_attempts += 1
             t0 = time.perf_counter()
             try:
@@ -293,14 +373,16 @@ class Engine:
                 self.metrics.venue_error("unknown_outcome")
                 self.breakers["rest"].failure()
                 self._transition(order, OrderStatus.UNKNOWN, reason=str(exc.cause)[:200])
+                order.updated_ms = int(self.clock() * 1000)
+                self._save(order)
                 log.warning("order outcome unknown", extra={"client_order_id": order.client_order_id})
-                if await self._resolve(order):
-                    return
-                continue  # not at the venue: resend with the same client order id
+                if await self._resolve(order) is not False:
+                    return  # known at the venue, or still unknown: reconciliation owns it
+                continue  # proven absent (its request can no longer be accepted): resend is safe
             except OrderRejected as exc:
                 self.breakers["rest"].success()
                 if "Duplicate" in exc.msg:
-                    # The venue already has this id (an earlier attempt landed): learn its state.
+                    # The venue already has this id open (an earlier attempt landed): learn its state.
                     await self._resolve(order)
                     return
                 self.metrics.venue_error("rejected")
@@ -337,31 +419,84 @@ class Engine:
         # Attempts exhausted and still unknown: reconciliation owns it now.
         self._request_reconcile("unresolved_order")
 
-    async def _resolve(self, order: Order) -> bool:
-        """Settle an UNKNOWN order by querying its client id. True if the venue knows it."""
-        for attempt in range(3):
+    def _landing_deadline_ms(self, order: Order) -> int:
+        """Local time after which a request for this order can no longer be accepted by the venue.
+
+        The venue refuses a request whose timestamp is older than recvWindow when it processes it;
+        `updated_ms` is stamped no earlier than the last send's timestamp (persisted before sending
+        and on every resend), plus a margin for our clock-offset estimate.
+        """
+        return order.updated_ms + self.cfg.venue.recv_window_ms + LANDING_MARGIN_MS
+
+    async def _resolve(self, order: Order) -> bool | None:
+        """Settle an UNKNOWN order by querying its client id.
+
+        True: the venue knows it (state applied). False: proven absent, i.e. the venue said "no such
+        order" *after* the request could no longer land (a not-found before that may just be lag).
+        None: still unknown (queries failing): never resend; reconciliation keeps trying.
+        """
+        delay = 0.05
+        failures = 0
+        while True:
             try:
                 resp = await self.rest.query_order(order.symbol, order.client_order_id)
             except OrderNotFound:
-                return False
+                wait_ms = self._landing_deadline_ms(order) - int(self.clock() * 1000)
+                if wait_ms <= 0:
+                    return False
+                # Not found *yet*: the request may still be queued at the venue. Ask again later.
+                await asyncio.sleep(min(wait_ms / 1000, max(delay, 0.05)))
+                delay = min(delay * 2, 1.0)
+                continue
             except (TransportError, VenueError, RateLimited) as exc:
+                failures += 1
                 self.metrics.venue_error("query_failed")
                 log.warning(
                     "order query failed", extra={"client_order_id": order.client_order_id, "error": str(exc)}
                 )
-                await asyncio.sleep(0.05 * (2**attempt))
+                if failures >= RESOLVE_QUERY_ATTEMPTS:
+                    self._request_reconcile("unresolved_order")
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
                 continue
             self._apply_venue_order(order, resp)
             return True
-        return True  # unknown still: do not resend; reconciliation will settle it
 
     def _apply_venue_order(self, order: Order, resp: dict[str, Any]) -> None:
-        status = _VENUE_STATUS.get(str(resp.get("status")), OrderStatus.UNKNOWN)
+        status = _VENUE_STATUS.get(str(resp.get("status")))
+        if status is None:
+            # An ACK answer (ids only): the venue has it; the stream or a query brings the state.
+            status = (
+                OrderStatus.NEW
+                if order.status in (OrderStatus.PENDING, OrderStatus.UNKNOWN)
+                else order.status
+            )
         try:
             executed = Decimal(str(resp.get("executedQty", "0")))
         except ArithmeticError:
             executed = None
         self._transition(order, status, exchange_order_id=resp.get("orderId"), executed_qty=executed)
+        fills = resp.get("fills")
+        if fills and order.exchange_order_id is not None:
+            when = int(resp.get("transactTime", 0) or self.clock() * 1000)
+            for f in fills:
+                self._apply_fill(
+                    Fill(
+                        symbol=order.symbol,
+                        trade_id=int(f["tradeId"]),
+                        order_id=order.exchange_order_id,
+                        client_order_id=order.client_order_id,
+                        side=order.side,
+                        price=Decimal(f["price"]),
+                        qty=Decimal(f["qty"]),
+                        commission=Decimal(f["commission"]),
+                        commission_asset=f["commissionAsset"],
+                        time_ms=when,
+                    ),
+                    order,
+                )
+            self._check_loss_limit()
         if not self.tracker.fills_complete(order):
             self._spawn(self._fetch_order_fills(order))
 
@@ -406,8 +541,13 @@ class Engine:
             commission_asset=str(row.get("commissionAsset", "")),
             time_ms=int(row.get("time", 0)),
         )
+        return self._apply_fill(fill, order)
+
+    def _apply_fill(self, fill: Fill, order: Order | None) -> bool:
+        """Apply a fill once, whichever source brought it (order answer, user-data stream, myTrades)."""
         if not self.tracker.apply_fill(fill):
             return False
+        symbol = fill.symbol
         self.metrics.fills += 1
         if order is None:
             self.metrics.mismatch("fill_for_unknown_order")
@@ -425,8 +565,19 @@ class Engine:
             ) - (signed * fill.price)
             if fill.commission_asset in self.expected_balances:
                 self.expected_balances[fill.commission_asset] -= fill.commission
+            # Persist what we now expect, so a restart compares the venue with *this*, not with the
+            # balances of the last reconciliation (which would be a false mismatch on every deploy).
+            self._save_expected_balances()
         self._poke()
         return True
+
+    def _save_expected_balances(self) -> None:
+        if not self.breakers["db"].allow():
+            return
+        try:
+            self.store.save_balances({a: (v, Decimal(0)) for a, v in self.expected_balances.items()})
+        except Exception as exc:  # noqa: BLE001
+            self._db_failed(exc)
 
     async def _fetch_order_fills(self, order: Order) -> None:
         if order.exchange_order_id is None:
@@ -477,6 +628,8 @@ class Engine:
             resp = await self.rest.query_order(order.symbol, order.client_order_id)
         except OrderNotFound:
             if order.status in (OrderStatus.PENDING, OrderStatus.UNKNOWN):
+                if int(self.clock() * 1000) < self._landing_deadline_ms(order):
+                    return  # its request may still land (venue lag): ask again next round
                 # Never reached the venue (crash before send, or a 5xx before acceptance).
                 self.metrics.mismatch("order_not_at_venue")
                 self._transition(order, OrderStatus.REJECTED, reason="not_at_venue")
@@ -523,6 +676,7 @@ class Engine:
         self.reconciled = False
         for symbol in self.symbols:
             self.books[symbol].reset()
+            self.tapes[symbol].reset()
         self._request_reconcile("connected")
         await self._notify()
 
@@ -552,6 +706,7 @@ class Engine:
         async with self._reconcile_lock:
             self.reconciled = False
             await self.rest.sync_time()
+            await self._maybe_refresh_rules(required=True)
             await self._catch_up_books()
             await self.sync_account()
             await self._reconcile_balances()
@@ -566,17 +721,20 @@ class Engine:
             snap = await self.rest.book_ticker(symbol)
             book = self.books[symbol]
             book.reset()
-            book.apply(
-                BookTicker(
-                    symbol,
-                    0,
-                    Decimal(snap["bidPrice"]),
-                    Decimal(snap["bidQty"]),
-                    Decimal(snap["askPrice"]),
-                    Decimal(snap["askQty"]),
-                ),
-                time.perf_counter_ns(),
+            # The REST snapshot is the trusted reference after a (re)connect; it is still checked
+            # (positive, not crossed, under the absolute ceiling) before it counts.
+            book.band.clear()
+            tick = BookTicker(
+                symbol,
+                -1,  # no usable update id: the stream's next id becomes the baseline
+                Decimal(snap["bidPrice"]),
+                snap["bidQty"],
+                Decimal(snap["askPrice"]),
+                snap["askQty"],
             )
+            if not book.apply(tick, time.perf_counter_ns()):
+                self.parse_stats.drop(f"rest_book_{book.reject}", snap)
+                raise VenueError(200, None, f"{symbol} book snapshot refused: {book.reject}")
 
     async def _reconcile_balances(self) -> None:
         account = await self.rest.account()
@@ -604,6 +762,101 @@ class Engine:
         except Exception as exc:  # noqa: BLE001
             self._db_failed(exc)
 
+    # -- symbol rules from exchangeInfo -------------------------------------------------------
+    async def _maybe_refresh_rules(self, required: bool = False) -> None:
+        due = (
+            self.rules_loaded_monotonic is None
+            or time.monotonic() - self.rules_loaded_monotonic >= self.cfg.venue.rules_refresh_s
+        )
+        if not due:
+            return
+        try:
+            info = await self.rest.exchange_info(self.symbols)
+        except (VenueError, TransportError, RateLimited) as exc:
+            log.warning("exchangeInfo failed", extra={"error": str(exc)[:200]})
+            if required and self.rules_loaded_monotonic is None and not self.rules_complete_from_config:
+                raise  # no rules at all yet: not ready to trade
+            return
+        self.apply_exchange_info(info)
+
+    def apply_exchange_info(self, info: dict[str, Any]) -> None:
+        """Venue filters become the symbol rules; keys set in the config file override them."""
+        by_symbol = {row["symbol"]: row for row in info.get("symbols", [])}
+        missing = [s for s in self.symbols if s not in by_symbol]
+        if missing and not self.rules_complete_from_config:
+            raise VenueError(200, -1121, f"exchangeInfo lacks symbols {missing}")
+        for symbol in self.symbols:
+            row = by_symbol.get(symbol)
+            if row is None:
+                continue
+            venue = _rules_from_filters(row)
+            max_price = venue.pop("max_price", None)
+            if row.get("status") not in (None, "TRADING"):
+                log.warning(
+                    "symbol not trading at the venue", extra={"symbol": symbol, "status": row["status"]}
+                )
+            new = dataclasses.replace(self.rules[symbol], **{**venue, **self.overrides.get(symbol, {})})
+            if new != self.rules[symbol]:
+                log.info("symbol rules from exchangeInfo", extra={"symbol": symbol, "rules": str(new)})
+            self.rules[symbol] = new
+            self.risk.rules[symbol] = new
+            band = self.bands[symbol]
+            if max_price and max_price < band.max_price:
+                band.max_price = max_price
+        self.rules_loaded_monotonic = time.monotonic()
+
+    # -- user-data stream ----------------------------------------------------------------------
+    def on_user_raw(self, raw: str | bytes) -> object:
+        """One user-data frame: execution reports move orders and bring fills; never raises."""
+        try:
+            event = decode_user_event(raw)
+        except msgspec.MsgspecError:
+            self.parse_stats.drop("user_event_invalid", raw)
+            return None
+        kind = type(event)
+        if kind is ExecutionReport:
+            self._on_execution_report(event, raw)  # type: ignore[arg-type]
+        elif kind is OutboundAccountPosition:
+            for b in event.B:  # type: ignore[union-attr]
+                self.venue_balances[b.a] = Decimal(b.f) + Decimal(b.l)
+        elif kind is ListenKeyExpired or kind is ServerShutdownEvent:
+            log.warning("user-data stream ends (%s); reconnecting", kind.__name__)
+            return "listenKeyExpired"
+        return None
+
+    def _on_execution_report(self, ev: ExecutionReport, raw: str | bytes) -> None:
+        cid = ev.C if ev.x == "CANCELED" and ev.C else ev.c
+        order = self.tracker.orders.get(cid) or self.tracker.by_exchange_id.get((ev.s, ev.i))
+        if ev.x == "TRADE":
+            price = Decimal(ev.L)
+            qty = Decimal(ev.l)
+            if ev.t < 0 or price <= 0 or qty <= 0 or ev.S not in ("BUY", "SELL"):
+                self.parse_stats.drop("user_event_bad_trade", raw)
+                return
+            if order is not None and order.exchange_order_id is None:
+                self._transition(order, order.status, exchange_order_id=ev.i)
+            fill = Fill(
+                symbol=ev.s,
+                trade_id=ev.t,
+                order_id=ev.i,
+                client_order_id=order.client_order_id if order else "",
+                side=Side(ev.S),
+                price=price,
+                qty=qty,
+                commission=Decimal(ev.n) if ev.n else Decimal(0),
+                commission_asset=ev.N or "",
+                time_ms=ev.T,
+            )
+            self._apply_fill(fill, order)
+            self._check_loss_limit()
+        if order is None:
+            return  # not ours (or not yet known): reconciliation adopts or ignores it
+        status = _VENUE_STATUS.get(ev.X)
+        if status is None:
+            self.parse_stats.drop("user_event_bad_status", raw)
+            return
+        self._transition(order, status, exchange_order_id=ev.i, executed_qty=Decimal(ev.z))
+
     # -- periodic work -------------------------------------------------------------------------
     async def _poll_loop(self) -> None:
         interval = self.cfg.runtime.fill_poll_interval_s
@@ -620,6 +873,11 @@ class Engine:
             if not self.reconciled or not self.breakers["rest"].allow():
                 await self._notify()  # readiness is time-dependent: let waiters re-check
                 continue
+            if self.rest.weight_ratio() >= WEIGHT_SOFT:
+                self.metrics.venue_error("weight_soft_limit")  # skip a round: slow down before a 429
+                await self._notify()
+                continue
+            await self._maybe_refresh_rules()
             try:
                 await self.sync_account()
                 self.breakers["rest"].success()
@@ -761,7 +1019,36 @@ class Engine:
             self._db_failed(exc)
 
 
-def _order_type(value: str) -> Any:
-    from ..core.model import OrderType
+def _order_type(value: str) -> OrderType:
+    try:
+        return OrderType(value)
+    except ValueError:
+        return OrderType.LIMIT  # other venue types (STOP_LOSS_LIMIT, ...) rest like a limit
 
-    return OrderType.MARKET if value == "MARKET" else OrderType.LIMIT
+
+_FILTER_FIELDS = {
+    "PRICE_FILTER": (("tickSize", "tick_size"), ("maxPrice", "max_price")),
+    "LOT_SIZE": (("stepSize", "step_size"), ("minQty", "min_qty"), ("maxQty", "max_qty")),
+    "MIN_NOTIONAL": (("minNotional", "min_notional"),),
+    "NOTIONAL": (("minNotional", "min_notional"), ("maxNotional", "max_notional")),
+}
+
+
+def _rules_from_filters(row: dict[str, Any]) -> dict[str, Any]:
+    """exchangeInfo filters -> SymbolRules fields (a zero means "no limit" at Binance: skipped)."""
+    out: dict[str, Any] = {"base_asset": row["baseAsset"], "quote_asset": row["quoteAsset"]}
+    for f in row.get("filters", []):
+        fields = _FILTER_FIELDS.get(f.get("filterType", ""))
+        if fields is None:
+            continue
+        for venue_key, ours in fields:
+            value = f.get(venue_key)
+            if not isinstance(value, str):
+                continue
+            try:
+                d = Decimal(value)
+            except ArithmeticError:
+                continue
+            if d.is_finite() and d > 0:
+                out[ours] = d.normalize() if ours in ("tick_size", "step_size") else d
+    return out

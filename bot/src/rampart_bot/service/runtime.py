@@ -78,6 +78,7 @@ class BotRuntime:
             recv_window_ms=cfg.venue.recv_window_ms,
             timeout_s=cfg.venue.timeout_s,
         )
+        rest.resp_type = cfg.venue.order_resp_type
         engine = Engine(cfg, store, rest)
         engine.secrets_loaded = True
         if isinstance(provider, VaultProvider):

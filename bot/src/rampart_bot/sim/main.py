@@ -40,29 +40,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key-file", help="file holding the accepted API key (default: demo key)")
     parser.add_argument("--api-secret-file", help="file holding the HMAC secret (default: demo secret)")
     parser.add_argument("--seed", type=int, default=7, help="price process seed")
+    parser.add_argument(
+        "--control-token-file",
+        help="file holding the bearer token for POST /sim/control (default: the credential "
+        "sim_control_token; without either, /sim/control is disabled)",
+    )
+    parser.add_argument(
+        "--weight-limit", type=int, default=6000, help="REQUEST_WEIGHT per minute before 429 (Binance: 6000)"
+    )
     args = parser.parse_args(argv)
     setup_logging("INFO")
     try:
         key = _read_secret(args.api_key_file, "sim_api_key")
         secret = _read_secret(args.api_secret_file, "sim_api_secret")
+        control_token = _read_secret(args.control_token_file, "sim_control_token")
     except OSError as exc:
         print(f"rampart-exchange-sim: cannot read key file: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return 3
     if key is None or secret is None:
         log.warning("using the built-in demo API key and secret")
         key, secret = DEMO_KEY, DEMO_SECRET
+    if args.weight_limit < 1:
+        print(
+            f"rampart-exchange-sim: --weight-limit must be at least 1, got {args.weight_limit}",
+            file=sys.stderr,
+        )
+        return 2
+    if control_token == "":
+        print("rampart-exchange-sim: the control token file is empty", file=sys.stderr)
+        return 3
+    if control_token is None:
+        log.warning("no control token: POST /sim/control is disabled")
     try:
-        asyncio.run(_serve(args, key, secret))
+        asyncio.run(_serve(args, key, secret, control_token))
     except OSError as exc:
         print(f"rampart-exchange-sim: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return 4
     return 0
 
 
-async def _serve(args: argparse.Namespace, key: str, secret: str) -> None:
+async def _serve(args: argparse.Namespace, key: str, secret: str, control_token: str | None) -> None:
     from .server import default_exchange
 
-    sim = SimServer(key, secret, exchange=default_exchange(args.seed), tick_interval_s=args.tick_interval)
+    sim = SimServer(
+        key,
+        secret,
+        exchange=default_exchange(args.seed),
+        tick_interval_s=args.tick_interval,
+        control_token=control_token,
+        weight_limit=args.weight_limit,
+    )
     port = await sim.start(args.host, args.port)
     log.info("exchange simulator listening", extra={"host": args.host, "port": port})
     print(f"READY {port}", flush=True)
