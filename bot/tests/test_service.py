@@ -115,9 +115,9 @@ async def test_sim_plain_stream_subscribe_and_load_mode(sim: SimServer) -> None:
         async with http.ws_connect(f"{sim.ws_url}/stream?load=1000", max_msg_size=0) as ws:
             for _ in range(1000):
                 parse_market_message(await ws.receive_str(), stats)
-    # Load frame 0 is a trade of size 0.00000, which the bot refuses as non-positive.
-    assert stats.books == 500 and stats.trades + stats.dropped.get("non_positive", 0) == 500
-    assert set(stats.dropped) <= {"non_positive"}
+    # Every load frame is valid market data: none may be dropped.
+    assert stats.books == 500 and stats.trades == 500
+    assert not stats.dropped
 
 
 def _free_port() -> int:

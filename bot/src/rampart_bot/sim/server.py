@@ -1046,7 +1046,7 @@ def build_load_frames(symbol: str, count: int, kind: str = "mixed", combined: bo
     for i in range(count):
         is_trade = kind == "trade" or (kind == "mixed" and i % 2 == 0)
         cents = 3_000_000 + (i * 37) % 5000
-        size = f"{(i * 7919) % 1_000_000 / 100000:.5f}"
+        size = f"{((i * 7919) % 1_000_000 or 1) / 100000:.5f}"  # never zero: a real trade has a size
         if is_trade:
             data = (
                 f'{{"e":"trade","E":{1700000000000 + i},"s":"{symbol}","t":{i + 1},"p":"{cents / 100:.2f}",'
