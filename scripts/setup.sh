@@ -10,7 +10,9 @@ say() { printf 'setup: %s\n' "$*"; }
 # and the bot tests' PostgreSQL.
 # Always without recommends (wireguard-tools would pull a 107 MB kernel).
 APT_PACKAGES=(python3-venv debootstrap systemd-container apt-cacher-ng nftables iproute2 openssh-client
-              wireguard-tools postgresql chrony)
+              wireguard-tools postgresql chrony
+              prometheus prometheus-alertmanager prometheus-node-exporter prometheus-blackbox-exporter
+              prometheus-postgres-exporter systemd-journal-remote conntrack aide restic)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

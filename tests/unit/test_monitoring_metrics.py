@@ -41,8 +41,6 @@ PENDING = {
     "rampart_backup_duration_seconds": "written by the backup role (restic wrapper), not built yet",
     "rampart_backup_bytes_added": "written by the backup role (restic wrapper), not built yet",
     "rampart_backup_snapshots": "written by the backup role (restic wrapper), not built yet",
-    "rampart_bot_daily_loss_limit_quote": "requested from the bot (it must export its configured daily loss "
-                                          "limit for DailyLossNearLimit); not exported yet",
 }
 
 # What the fake `wg` prints: there is no WireGuard interface on this machine (no kernel module, and

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,9 @@ LAB_ROUTE_PROTO = "242"  # marks the lab's own unreachable routes (see ensure_ne
 # The platform's package proxy and the simulated internet's upstream mirror (run dirs under RUN_DIR).
 PROXY_NAMES = ("apt-cacher-ng", "upstream-mirror")
 TIME_SOURCE = "time-source"  # chronyd serving the controller's clock on the topology's ntp endpoints
-LAB_SERVICES = (*PROXY_NAMES, TIME_SOURCE)  # the controller-side daemons `lab down` stops
+ALERT_RECEIVER = "alert-receiver"  # records Alertmanager's notifications (the lab's offline receiver)
+ALERT_RECEIVER_SERVICE = "alert_receiver"
+LAB_SERVICES = (*PROXY_NAMES, TIME_SOURCE, ALERT_RECEIVER)  # the controller-side daemons `lab down` stops
 LAUNCHER = Path(__file__).with_name("launch.sh")
 BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "python3",
                  "python3-apt", "iproute2", "sudo", "ca-certificates", "gnupg"]
@@ -301,6 +304,24 @@ class Lab:
         pidfile.write_text(str(proc.pid))
         log(f"{TIME_SOURCE}: chronyd (server only, -x) on {eps[0].address}:{svc.port}/{svc.proto}")
 
+    def ensure_alert_receiver(self) -> None:
+        """Where the topology puts the alert receiver on the controller, the lab runs the offline webhook
+        receiver there; what it records is ``files.ALERTS`` (read by the alert-delivery test)."""
+        ctl = self.topo.controller
+        eps = [e for e in self.topo.endpoints() if e.service == ALERT_RECEIVER_SERVICE and e.host == ctl.name]
+        d = RUN_DIR / ALERT_RECEIVER
+        if not eps or _alive(d / "pid"):
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        script = self.repo / "monitoring" / "receiver" / "rampart_alert_receiver.py"
+        with open(d / "receiver.log", "ab") as out:
+            proc = subprocess.Popen([sys.executable, str(script), "--listen", f"{eps[0].address}:{eps[0].port}",
+                                     "--out", str(RUN_DIR / files.ALERTS)], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        (d / "pid").write_text(str(proc.pid))
+        _wait_port(str(eps[0].address), eps[0].port, 10, ALERT_RECEIVER)
+        log(f"{ALERT_RECEIVER}: recording Alertmanager's notifications on {eps[0].address}:{eps[0].port}")
+
     def _start_proxy(self, name: str, binds: list[str], port: int) -> None:
         conf = RUN_DIR / name
         pidfile = conf / "pid"
@@ -438,6 +459,7 @@ class Lab:
         self.ensure_network()
         self.ensure_proxy()
         self.ensure_time_source()
+        self.ensure_alert_receiver()
         started = [h for h in self.lab_hosts() if self.ensure_host(h)]
         log(f"hosts: started {', '.join(started) or 'none'}; "
             f"{len(self.lab_hosts()) - len(started)} already running")

@@ -14,6 +14,7 @@ SSH_CONFIG = f"{LAB_DIR}/ssh_config"  # `ssh -F .lab/ssh_config <host>`; the lab
 STATE = f"{LAB_DIR}/state.json"  # {"topology": path, "hosts": {name: access address}}
 SSH_DIR = f"{LAB_DIR}/ssh"  # the controller's key, known_hosts
 OPS_USER = "ops"  # the automation user baked into the base image (NOPASSWD sudo until hardening narrows it)
+ALERTS = "alert-receiver/alerts.jsonl"  # under RUN_DIR: every notification the lab's receiver got
 RUN_DIR = Path("/var/lib/rampart-lab")  # overlays, pids, logs, apt-cacher-ng state
 CACHE_DIR = Path("/var/cache/rampart")  # debootstrap base and package cache: survive `lab down`
 

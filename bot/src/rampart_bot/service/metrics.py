@@ -149,6 +149,11 @@ class EngineCollector(Collector):
         pnl.add_metric(["daily"], float(e.tracker.daily_pnl()))
         pnl.add_metric(["total"], float(e.tracker.total_pnl()))
         yield pnl
+        yield GaugeMetricFamily(
+            "rampart_bot_daily_loss_limit_quote",
+            "Configured daily loss limit (positive, quote units); DailyLossNearLimit compares PnL with it",
+            value=float(e.risk.limits.daily_loss_limit),
+        )
         br = GaugeMetricFamily(
             "rampart_bot_circuit_breaker_state", "0 closed, 1 half-open, 2 open", labels=["breaker"]
         )
