@@ -13,6 +13,7 @@ Only the Python standard library, so it runs on any Debian host. Actions:
                   different, so a second run reports changed=false; undeclared rampart-* policies and roles go
 - secrets:        KV v2 secrets from the spec, read first (call with no_log)
 - secret_id:      a fresh secret-id for a service's AppRole unless the current one (by accessor) is still good
+- ceremony_token:  an orphan token that may only start a root token generation (ttl in renew_before)
 - destroy_accessor, revoke_self
 
 Fails (before writing anything) when the server is sealed or not initialised, naming the server.
@@ -20,6 +21,7 @@ Fails (before writing anything) when the server is sealed or not initialised, na
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import ssl
@@ -180,10 +182,17 @@ def role_body(svc: dict) -> dict:
     }
 
 
+def _cidrs(values) -> list[str]:
+    """The server shows a /32 as a bare address: compare networks, not strings."""
+    return sorted(str(ipaddress.ip_network(v, strict=False)) for v in values or [])
+
+
 def _same_role(have: dict, want: dict) -> bool:
     for key, value in want.items():
         got = have.get(key)
-        if isinstance(value, list):
+        if key.endswith("bound_cidrs"):
+            got, value = _cidrs(got), _cidrs(value)
+        elif isinstance(value, list):
             got = sorted(got or [])
         if got != value:
             return False
@@ -228,6 +237,10 @@ def configure(c: Client, spec: dict, check: bool) -> list[str]:
         if "file/" not in audits:
             write("audit file/", "PUT", "sys/audit/file",
                   {"type": "file", "options": {"file_path": spec["audit_file"], "mode": "0600"}})
+
+    got = c.get(f"sys/policies/acl/{CEREMONY_POLICY}")
+    if got is None or got["data"].get("policy") != CEREMONY_HCL:
+        write(f"policy {CEREMONY_POLICY}", "PUT", f"sys/policies/acl/{CEREMONY_POLICY}", {"policy": CEREMONY_HCL})
 
     declared = {svc["name"] for svc in spec["services"]}
     for svc in spec["services"]:
@@ -304,36 +317,62 @@ def unseal(c: Client, keys: list[str]) -> dict:
 
 
 def generate_root(c: Client, pgp_key: str, keys: list[str]) -> dict:
+    """OpenBao >= 2.6: the authenticated sys/generate-root-token endpoints (the unauthenticated sys/generate-root
+    ones are off by default). The client's token is the ceremony token: it may start an attempt, nothing else;
+    the new root token still needs a quorum of shares and comes back encrypted to pgp_key."""
     c.require_unsealed()
-    _, attempt = c.request("GET", "sys/generate-root/attempt", ok=(200,))
-    if attempt.get("started"):
-        raise VaultError(f"{c.url}: a generate-root attempt is already in progress (nonce "
-                         f"{attempt.get('nonce')}); finish or cancel it (docs/vault.md, New root token)")
-    _, attempt = c.request("PUT", "sys/generate-root/attempt", {"pgp_key": pgp_key})
+    _, got = c.request("GET", "sys/generate-root-token/attempt", ok=(200,))
+    if (got.get("data") or got).get("started"):
+        raise VaultError(f"{c.url}: a root token generation is already in progress; finish or cancel it "
+                         "(docs/vault.md, New root token)")
+    _, got = c.request("PUT", "sys/generate-root-token/attempt", {"pgp_key": pgp_key})
+    attempt = got.get("data") or got
     nonce = attempt["nonce"]
     try:
         for key in keys:
-            _, attempt = c.request("PUT", "sys/generate-root/update", {"key": key, "nonce": nonce})
+            _, got = c.request("PUT", "sys/generate-root-token/update", {"key": key, "nonce": nonce})
+            attempt = got.get("data") or got
             if attempt.get("complete"):
                 return {"changed": True, "encoded_token": attempt["encoded_token"]}
     except VaultError:
-        c.request("DELETE", "sys/generate-root/attempt")
+        c.request("DELETE", "sys/generate-root-token/attempt")
         raise
-    c.request("DELETE", "sys/generate-root/attempt")
-    raise VaultError(f"{c.url}: generate-root needs {attempt.get('required')} shares, got {len(keys)}")
+    c.request("DELETE", "sys/generate-root-token/attempt")
+    raise VaultError(f"{c.url}: root token generation needs {attempt.get('required')} shares, got {len(keys)}")
 
 
-def secret_id(c: Client, role: str, accessor: str, renew_before: int, metadata: dict) -> dict:
-    """Keep the delivered secret-id while it has more than renew_before seconds left; else make a new one."""
+CEREMONY_POLICY = "ceremony-generate-root"
+CEREMONY_HCL = ("# rampart: start and feed a root token generation (a quorum of shares is still required)\n"
+                'path "sys/generate-root-token/*" {\n  capabilities = ["create", "read", "update", "delete"]\n}\n'
+                'path "sys/generate-root-token/attempt" {\n'
+                '  capabilities = ["create", "read", "update", "delete"]\n}\n')
+
+
+def ceremony_token(c: Client, ttl: str) -> dict:
+    """An orphan token that can only start a root token generation (operators still need T shares)."""
     c.require_unsealed()
-    if accessor:
+    _, got = c.request("POST", "auth/token/create-orphan",
+                       {"policies": [CEREMONY_POLICY], "no_default_policy": True, "ttl": ttl,
+                        "display_name": "rampart-ceremony", "renewable": True})
+    return {"changed": True, "token": got["auth"]["client_token"]}
+
+
+def secret_id(c: Client, role: str, accessor: str, renew_before: int, metadata: dict, force: bool = False) -> dict:
+    """Keep the delivered secret-id while it has more than renew_before seconds left; else make a new one.
+
+    force: make a new one anyway (the delivered file is gone); the old accessor is returned for destruction.
+    """
+    c.require_unsealed()
+    if accessor and not force:
         status, got = c.request("POST", f"auth/approle/role/{role}/secret-id-accessor/lookup",
                                 {"secret_id_accessor": accessor}, ok=(200, 204, 400, 404, 500))
         data = got.get("data") if status == 200 else None
         if data:
-            exp = data.get("expiration_time") or ""
-            left = _seconds_left(exp)
-            if left is None or left > renew_before:
+            left = _seconds_left(data.get("expiration_time") or "")
+            # The server may cap the lifetime below what was asked; renew at a third of the real one then.
+            lifetime = int(data.get("secret_id_ttl") or 0)
+            window = min(renew_before, lifetime // 3) if lifetime else renew_before
+            if left is None or left > window:
                 return {"changed": False, "accessor": accessor}
     _, role_id = c.request("GET", f"auth/approle/role/{role}/role-id", ok=(200,))
     _, made = c.request("POST", f"auth/approle/role/{role}/secret-id", {"metadata": json.dumps(metadata)})
@@ -357,7 +396,7 @@ def main() -> None:
         argument_spec={
             "action": {"type": "str", "required": True,
                        "choices": ["health", "init", "unseal", "generate_root", "configure", "secrets", "secret_id",
-                                   "destroy_accessor", "revoke_self", "role_id"]},
+                                   "destroy_accessor", "revoke_self", "role_id", "ceremony_token"]},
             "url": {"type": "str", "required": True},
             "ca_file": {"type": "path"},
             "token": {"type": "str", "no_log": True},
@@ -371,6 +410,7 @@ def main() -> None:
             "accessor": {"type": "str", "default": "", "no_log": False},
             "renew_before": {"type": "str", "default": "0s"},
             "metadata": {"type": "dict", "default": {}},
+            "force": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -395,7 +435,8 @@ def main() -> None:
             module.exit_json(changed=bool(written), written=written)
         elif action == "secret_id":
             result = secret_id(c, p["role"], p["accessor"],
-                               ttl_seconds(p["renew_before"], "vault_config_secret_id_renew_before"), p["metadata"])
+                               ttl_seconds(p["renew_before"], "vault_config_secret_id_renew_before"), p["metadata"],
+                               p["force"])
             module.exit_json(**result)
         elif action == "role_id":
             c.require_unsealed()
@@ -406,6 +447,8 @@ def main() -> None:
                 c.request("POST", f"auth/approle/role/{p['role']}/secret-id-accessor/destroy",
                           {"secret_id_accessor": p["accessor"]}, ok=(200, 204, 400, 404))
             module.exit_json(changed=bool(p["accessor"]))
+        elif action == "ceremony_token":
+            module.exit_json(**ceremony_token(c, p["renew_before"]))
         elif action == "revoke_self":
             c.request("POST", "auth/token/revoke-self", ok=(200, 204))
             module.exit_json(changed=True)
