@@ -104,7 +104,7 @@ class Lab:
         self.inventory = tmp / "inventory.yml"
         self.inventory.write_text(yaml.safe_dump({"all": {
             "vars": {"rampart_environment": "lab", "vault_config_ca_file": str(self.ca),
-                     "vault_ceremony_dir": str(self.ceremony), "vault_lab_gnupghome": str(self.gnupg),
+                     "vault_config_ceremony_dir": str(self.ceremony), "vault_config_lab_gnupghome": str(self.gnupg),
                      "vault_config_credstore": str(self.credstore),
                      "vault_config_services": [{"name": "bot", "host": "testbot"},
                                                {"name": "other", "host": "testbot", "token_ttl": "10m"}],
@@ -329,9 +329,10 @@ def test_bad_operator_key_stops_before_any_change(lab):
     ops = [{"name": "alice", "pgp_public_key": str(bad)}, {"name": "bob", "pgp_public_key": str(bad)},
            {"name": "carol", "pgp_public_key": str(bad)}]
     done = lab.ansible(ROOT / "playbooks/vault-init.yml", check=False,
-                       extra={"vault_operators": ops, "vault_lab_operator_keys": False})
+                       extra={"vault_config_operators": ops, "vault_config_lab_operator_keys": False})
     assert done.returncode != 0
-    assert f"vault_operators[0] (alice): {bad}" in done.stdout and "not one usable OpenPGP public key" in done.stdout
+    assert f"vault_config_operators[0] (alice): {bad}" in done.stdout
+    assert "not one usable OpenPGP public key" in done.stdout
 
 
 def test_restart_seals_and_configure_stops_cleanly_then_unseal(lab):
