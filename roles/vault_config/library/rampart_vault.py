@@ -285,10 +285,11 @@ def write_secrets(c: Client, spec: dict, check: bool) -> list[str]:
 
 def init(c: Client, pgp_keys: list[str], root_key: str, shares: int, threshold: int, check: bool) -> dict:
     if not 1 <= threshold <= shares or (shares > 1 and threshold < 2):
-        raise VaultError(f"vault_config_init_threshold {threshold} / vault_config_init_shares {shares}: need 2 <= T <= N "
-                         "(or 1 of 1)")
+        raise VaultError(f"vault_config_init_threshold {threshold} / vault_config_init_shares {shares}: "
+                         "need 2 <= T <= N (or 1 of 1)")
     if len(pgp_keys) != shares:
-        raise VaultError(f"vault_config_operators: {len(pgp_keys)} operator keys for {shares} shares; one key per share")
+        raise VaultError(f"vault_config_operators: {len(pgp_keys)} operator keys for {shares} shares; "
+                         "one key per share")
     h = c.health()
     if h.get("initialized"):
         return {"changed": False, "initialized": True, "msg": f"{c.url} is already initialised; nothing done"}
