@@ -53,7 +53,8 @@ class Run:
         return "\n".join(msgs) or self.err[-2000:]
 
 
-def inventory(tmp: Path, host: str = "db01", hostvars: dict | None = None, env: str = "test") -> Path:
+def inventory(tmp: Path, host: str = "db01", hostvars: dict | None = None, env: str = "test",
+              filename: str = "inventory.yml") -> Path:
     """A one-host YAML inventory: the host is this machine (connection local), with a sample host view."""
     hv = {
         "ansible_connection": "local",
@@ -63,7 +64,7 @@ def inventory(tmp: Path, host: str = "db01", hostvars: dict | None = None, env: 
     hv.update(hostvars or {})
     data = {"all": {"vars": {"rampart_environment": env, "rampart_domain": f"{env}.rampart.internal"},
                     "hosts": {host: hv}}}
-    path = tmp / "inventory.yml"
+    path = tmp / filename
     path.write_text(yaml.safe_dump(data))
     return path
 
