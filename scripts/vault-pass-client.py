@@ -19,7 +19,7 @@ try:
     from ansible.parsing.vault import VaultLib, VaultSecret
 except ImportError:  # Ansible runs this with whatever python3 is first on PATH: use the project's venv
     if VENV_PYTHON.exists() and Path(sys.executable).resolve() != VENV_PYTHON.resolve():
-        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]])
+        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]])  # noqa: S606 - fixed path
     raise
 
 

@@ -45,7 +45,7 @@ DB01 = {  # HOSTVIEW.md's example
 
 
 def defaults(**over) -> dict:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)  # noqa: S701 - not HTML
     raw = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     raw.update(over)
     for _ in range(3):  # resolve the defaults that refer to other defaults
@@ -54,8 +54,9 @@ def defaults(**over) -> dict:
 
 
 def render(template: str, host: dict, **over) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True)
+    env = jinja2.Environment(  # noqa: S701 - configuration files, not HTML
+        loader=jinja2.FileSystemLoader(ROLE / "templates"), undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True, trim_blocks=True)  # as Ansible's template module
     v = defaults(**over)
     v["postgres_hba_rules"] = hba.postgres_hba(
         host, v["postgres_bot_database"], v["postgres_bot_user"],
@@ -99,7 +100,7 @@ def test_pg_hba_without_clients_has_no_network_line():
 @pytest.mark.parametrize("change, message", [
     (lambda h: h["clients"]["postgres"].append({"source": "x", "address": "bogus"}),
      "rampart_host.clients.postgres[1].address: 'bogus' is not an IP address"),
-    (lambda h: h["clients"]["postgres"].append({"source": "x", "address": "0.0.0.0"}),
+    (lambda h: h["clients"]["postgres"].append({"source": "x", "address": "0.0.0.0"}),  # noqa: S104
      "rampart_host.clients.postgres[1].address: 0.0.0.0 would match every host"),
     (lambda h: h["listens"].pop("postgres"), "rampart_host.listens.postgres: missing on db01"),
     (lambda h: h["listens"]["postgres"].update(address="db01"),
@@ -148,7 +149,8 @@ def test_postgresql_conf_listens_only_where_the_topology_says():
                                                                   "application_name": "it's"})
     settings = dict(line.split(" = ", 1) for line in conf.splitlines() if " = " in line and line[0] != "#")
     assert settings["listen_addresses"] == "'10.77.30.23'" and settings["port"] == "5432"
-    assert settings["ssl"] == "on" and settings["password_encryption"] == "scram-sha-256"
+    assert settings["ssl"] == "on"
+    assert settings["password_encryption"] == "scram-sha-256"  # noqa: S105 - a setting, not a password
     assert settings["ssl_cert_file"] == "'/etc/postgresql/15/main/tls/server.crt'"
     assert (settings["shared_buffers"], settings["effective_cache_size"]) == ("256MB", "768MB")
     assert settings["log_min_duration_statement"] == "500" and settings["application_name"] == "'it''s'"
@@ -234,8 +236,8 @@ def server():
     (tmp / "conf" / "pg_hba.conf").write_text(render("pg_hba.conf.j2", host, **over))
     (tmp / "conf" / "pg_ident.conf").write_text("")
     assert checker.problems((tmp / "conf" / "pg_hba.conf").read_text()) == []
-    start = subprocess.run([*_as_postgres(), str(BIN / "pg_ctl"), "-D", str(tmp / "conf"), "-l", str(tmp / "sock" / "log"),
-                            "-w", "-t", "60", "start"], capture_output=True, text=True)
+    start = subprocess.run([*_as_postgres(), str(BIN / "pg_ctl"), "-D", str(tmp / "conf"), "-l",
+                            str(tmp / "sock" / "log"), "-w", "-t", "60", "start"], capture_output=True, text=True)
     assert start.returncode == 0, start.stdout + start.stderr + _read(tmp / "sock" / "log")
     secrets = {"postgres_bot_password": "bot-" + os.urandom(12).hex(),
                "postgres_exporter_password": "exp-" + os.urandom(12).hex()}
@@ -244,7 +246,8 @@ def server():
         "tasks": [{"name": "Objects", "ansible.builtin.include_role": {"name": "postgres", "tasks_from": "objects"},
                    "vars": {**over, **secrets}}]}])
     try:
-        yield {"tmp": tmp, "port": port, "host": host, "inv": objects_inv, "book": book, "secrets": secrets, "over": over}
+        yield {"tmp": tmp, "port": port, "host": host, "inv": objects_inv, "book": book, "secrets": secrets,
+               "over": over}
     finally:
         subprocess.run([*_as_postgres(), str(BIN / "pg_ctl"), "-D", str(tmp / "conf"), "-m", "immediate", "stop"],
                        capture_output=True)

@@ -93,7 +93,7 @@ def sample_host_view(name: str = "db01", address: str = "127.0.0.1", port: int =
 
 def run_playbook(playbook: Path | str, inv: Path, *args: str, env: dict | None = None) -> Run:
     """ansible-playbook with the project's ansible.cfg and roles, JSON output (so results are checkable)."""
-    full_env = {**os.environ, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", 
+    full_env = {**os.environ, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
                 "ANSIBLE_NOCOLOR": "1", "ANSIBLE_DEPRECATION_WARNINGS": "0",
                 "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
                 "PYTHONPATH": f"{ROOT / 'infra'}:{os.environ.get('PYTHONPATH', '')}", **(env or {})}
