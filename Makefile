@@ -3,9 +3,11 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 ENV ?= lab
-PLAYBOOK := $(BIN)/ansible-playbook -i inventory/$(ENV)
+# The environment's ansible-vault secrets: the lab makes its own password and file (scripts/bootstrap-secrets.py).
+VAULT_ID := --vault-id $(ENV)@scripts/vault-pass-client.py
+PLAYBOOK := $(BIN)/ansible-playbook -i inventory/$(ENV) $(VAULT_ID)
 
-.PHONY: setup lab lab-up converge summary lab-down test test-fast test-lab lint unit bench lock
+.PHONY: setup secrets lab lab-up converge summary lab-down test test-fast test-lab lint unit bench lock
 
 setup:                       ## Debian packages + pinned virtualenv (idempotent)
 	@scripts/setup.sh
@@ -15,7 +17,10 @@ lab: setup lab-up converge summary   ## build the lab, converge site.yml, print 
 lab-up: setup
 	@echo "== lab up"; $(BIN)/rampart --env $(ENV) lab up
 
-converge:
+secrets:
+	@[ "$(ENV)" != lab ] || $(BIN)/python scripts/bootstrap-secrets.py --env $(ENV)
+
+converge: secrets
 	@echo "== converge playbooks/site.yml"; $(PLAYBOOK) playbooks/site.yml
 
 summary:
@@ -31,7 +36,7 @@ test-fast: lint unit         ## no lab: lint, syntax, unit tests
 lint: setup
 	@echo "== ruff"; $(BIN)/ruff check infra plugins tests bot
 	@echo "== yamllint"; $(BIN)/yamllint -s .
-	@echo "== ansible syntax"; $(PLAYBOOK) --syntax-check playbooks/*.yml >/dev/null && echo ok
+	@echo "== ansible syntax"; $(BIN)/ansible-playbook -i inventory/$(ENV) --syntax-check playbooks/*.yml >/dev/null && echo ok
 	@echo "== ansible-lint (production profile)"; $(BIN)/ansible-lint --offline -q --profile production
 
 unit: setup

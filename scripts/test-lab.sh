@@ -17,17 +17,19 @@ trap cleanup EXIT
 
 echo "== lab up"
 $BIN/rampart --env "$ENV" lab up
+[ "$ENV" != lab ] || $BIN/python scripts/bootstrap-secrets.py --env "$ENV"
+play() { $BIN/ansible-playbook -i "inventory/$ENV" --vault-id "$ENV@scripts/vault-pass-client.py" "$@"; }
 
 echo "== converge (first)"
 t0=$SECONDS
-$BIN/ansible-playbook -i "inventory/$ENV" playbooks/site.yml | tee "$logdir/first.log" | grep -E '^(PLAY RECAP|\S+ +: ok=)' || true
+play playbooks/site.yml | tee "$logdir/first.log" | grep -E '^(PLAY RECAP|\S+ +: ok=)' || true
 grep -q 'PLAY RECAP' "$logdir/first.log" || { cat "$logdir/first.log"; echo "converge did not run"; exit 1; }
 grep -qE 'failed=[1-9]|unreachable=[1-9]' "$logdir/first.log" && { cat "$logdir/first.log"; echo "converge failed"; exit 1; }
 echo "first converge: $((SECONDS - t0)) s"
 
 echo "== converge (second: must change nothing)"
 t0=$SECONDS
-$BIN/ansible-playbook -i "inventory/$ENV" playbooks/site.yml > "$logdir/second.log" || { cat "$logdir/second.log"; exit 1; }
+play playbooks/site.yml > "$logdir/second.log" || { cat "$logdir/second.log"; exit 1; }
 grep -E '^\S+ +: ok=' "$logdir/second.log"
 if grep -qE 'changed=[1-9]|failed=[1-9]' "$logdir/second.log"; then
   grep -B3 -E '^changed:' "$logdir/second.log" | head -60
