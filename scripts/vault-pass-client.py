@@ -18,7 +18,8 @@ try:
     from ansible.errors import AnsibleError
     from ansible.parsing.vault import VaultLib, VaultSecret
 except ImportError:  # Ansible runs this with whatever python3 is first on PATH: use the project's venv
-    if VENV_PYTHON.exists() and Path(sys.executable).resolve() != VENV_PYTHON.resolve():
+    # (compare prefixes: the venv's python is a symlink to the same interpreter binary)
+    if VENV_PYTHON.exists() and Path(sys.prefix).resolve() != VENV_PYTHON.parents[1].resolve():
         os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]])  # noqa: S606 - fixed path
     raise
 

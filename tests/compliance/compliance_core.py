@@ -111,7 +111,20 @@ out["sshd"] = run("/usr/sbin/sshd -T 2>&1")
 out["packages"] = run("dpkg-query -W -f '${Package} ${db:Status-Status}\\n'")["out"]
 out["listen"] = run("ss -Htuln")["out"]
 out["nft"] = run("nft -j list ruleset")
-out["wg"] = run("wg show all dump 2>/dev/null")
+# `wg show all dump` carries the interface's private key and every preshared key: they are redacted here, on
+# the host, so no key ever reaches the controller (what is left says whether one is set).
+def redact_wg(text):
+    lines = []
+    for line in text.splitlines():
+        f = line.split("\t")
+        if len(f) == 5:  # interface: name, private key, public key, port, fwmark
+            f[1] = "(redacted)"
+        elif len(f) == 9 and f[2] != "(none)":  # peer: name, public key, preshared key, ...
+            f[2] = "(set)"
+        lines.append("\t".join(f))
+    return "\n".join(lines)
+wg = run("wg show all dump 2>/dev/null")
+out["wg"] = dict(wg, out=redact_wg(wg["out"]))
 out["units"] = run("systemctl show --no-pager -p Id,LoadState,ActiveState,SubState,UnitFileState,ConditionResult "
                    + " ".join(need["units"]))["out"] if need["units"] else ""
 v = run("systemd-detect-virt --container")
@@ -141,6 +154,25 @@ for p in pwd.getpwall():
         ak = os.path.join(p.pw_dir, ".ssh", "authorized_keys")
         homes[p.pw_name] = {"home": st(p.pw_dir), "ssh": st(os.path.join(p.pw_dir, ".ssh")), "ak": st(ak)}
 out["homes"] = homes
+
+
+def vault_health():
+    """Vault's own health endpoint, over the TLS the host trusts (only where a Vault config exists)."""
+    import re, ssl, urllib.request
+    m = re.search(r'api_addr\s*=\s*"([^"]+)"', read("/etc/vault/config.hcl") or "")
+    if not m:
+        return None
+    cas = glob.glob("/usr/local/share/ca-certificates/rampart-*-ca.crt")
+    try:
+        ctx = ssl.create_default_context(cafile=cas[0] if cas else None)
+        url = m.group(1) + "/v1/sys/health?standbyok=true&sealedcode=200&uninitcode=200"
+        with urllib.request.urlopen(url, context=ctx, timeout=5) as r:
+            return {"ok": True, "health": json.load(r)}
+    except Exception as e:
+        return {"ok": False, "error": str(e)}
+
+
+out["vault_health"] = vault_health()
 print(json.dumps(out))
 '''
 
