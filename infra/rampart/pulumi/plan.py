@@ -68,7 +68,10 @@ GATEWAY_SYSCTLS = {"net.ipv4.ip_forward": "1"}
 TMPFS = {
     "/run": "rw,nosuid,nodev,mode=755",
     "/run/lock": "rw,nosuid,nodev,noexec",
-    "/tmp": "rw,nosuid,nodev",  # noqa: S108 - a mount point inside the container, not a temp file
+    # The hardening baseline's flags (os-14..16): containers cannot remount, so they come mounted this way.
+    "/tmp": "rw,nosuid,nodev,noexec",  # noqa: S108 - a mount point inside the container, not a temp file
+    "/var/tmp": "rw,nosuid,nodev,noexec",
+    "/dev/shm": "rw,nosuid,nodev,noexec",
 }
 CGROUP_DELEGATION_ROOT = "/sys/fs/cgroup"
 
