@@ -56,6 +56,6 @@ def test_a_log_line_reaches_the_central_collector(topo):
             seen = time.monotonic() - t0
             break
         time.sleep(0.5)
-    print(f"\ncentral logs: a line logged on {source} was on {collector} after "
-          f"{'%.1f s' % seen if seen is not None else 'never (60 s)'} (target ≤ 10 s)")
+    after = f"{seen:.1f} s" if seen is not None else "never (60 s)"
+    print(f"\ncentral logs: a line logged on {source} was on {collector} after {after} (target ≤ 10 s)")
     assert seen is not None, f"{token} logged on {source} never reached {collector}"
