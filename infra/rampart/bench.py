@@ -77,7 +77,7 @@ def synthetic_topology(hosts: int) -> dict:
     Vault, monitoring and backup (five of PostgreSQL). Its rules grow linearly with the host count."""
     spec: dict = {
         "name": "bench", "gateway": "gateway",
-        "zones": {"internet": {"cidr": "10.200.0.0/24", "external": True},
+        "zones": {"internet": {"cidr": "10.200.0.0/24", "external": True, "simulated": True},
                   "mgmt": {"cidr": "10.210.0.0/16", "management": True},
                   "edge": {"cidr": "10.200.1.0/24"}, "vpn": {"cidr": "10.200.99.0/24", "vpn": True},
                   "trading": {"cidr": "10.201.0.0/16", "egress": True}, "data": {"cidr": "10.202.0.0/16"},

@@ -75,6 +75,7 @@ class Zone:
     management: bool = False
     vpn: bool = False
     egress: bool = False
+    simulated: bool = False  # an external zone the lab builds as a stand-in for the internet
 
     @property
     def internal(self) -> bool:
@@ -88,6 +89,7 @@ class Host:
     roles: tuple[str, ...]
     also: tuple[str, ...] = ()
     addresses: Mapping[str, ipaddress.IPv4Address] = field(default_factory=dict)
+    managed: bool = True  # False: an outside host that is not ours (a venue): no SSH, not in the inventory
 
     @property
     def is_controller(self) -> bool:
@@ -227,7 +229,7 @@ class Topology:
 
     def managed_hosts(self) -> list[Host]:
         """Hosts Ansible manages: all but the controller."""
-        return [h for h in self.hosts.values() if not h.is_controller]
+        return [h for h in self.hosts.values() if not h.is_controller and h.managed]
 
     def is_platform(self, host: str) -> bool:
         """In the platform: an internal zone's host, except the controller and the management zone's."""
@@ -331,7 +333,7 @@ class Topology:
         if selector == SELECTOR_PLATFORM:
             return sorted(h for h in self.hosts if self.is_platform(h))
         if selector == SELECTOR_ALL:
-            return sorted(h.name for h in self.hosts.values() if not h.is_controller)
+            return sorted(h.name for h in self.hosts.values() if not h.is_controller and h.managed)
         if selector == SELECTOR_ANY:  # the declared outside hosts; _rules adds the addresses beyond them
             return sorted(h.name for h in self.hosts.values() if self.zones[h.zone].external)
         raise KeyError(selector)
@@ -625,7 +627,7 @@ def _parse_zones(c: _Checker, raw: Any) -> dict[str, Zone]:
         p = f"zones.{zname}"
         c.zone_name(zname, p)
         spec = c.mapping(spec, p)
-        c.only_keys(spec, {"cidr", "external", "management", "vpn", "egress"}, p, required=("cidr",))
+        c.only_keys(spec, {"cidr", "external", "management", "vpn", "egress", "simulated"}, p, required=("cidr",))
         try:
             cidr = ipaddress.IPv4Network(str(spec["cidr"]), strict=True)
         except ValueError as exc:
@@ -633,13 +635,15 @@ def _parse_zones(c: _Checker, raw: Any) -> dict[str, Zone]:
         if cidr.num_addresses < 16:
             raise c.fail(f"{p}.cidr", f"{cidr} is too small (need at least a /28)")
         flags = {}
-        for flag in ("external", "management", "vpn", "egress"):
+        for flag in ("external", "management", "vpn", "egress", "simulated"):
             value = spec.get(flag, False)
             if not isinstance(value, bool):
                 raise c.fail(f"{p}.{flag}", f"expected true or false, got {_show(value)}")
             flags[flag] = value
         if sum(flags[f] for f in ("external", "management", "vpn")) > 1:
             raise c.fail(p, "a zone can be only one of external, management, vpn")
+        if flags["simulated"] and not flags["external"]:
+            raise c.fail(f"{p}.simulated", "only an external zone can be simulated (the lab's stand-in internet)")
         for space, what in NOT_A_NETWORK:
             if cidr.overlaps(space):
                 raise c.fail(f"{p}.cidr", f"{cidr} is in {what} address space, where no host can live")
@@ -667,7 +671,7 @@ def _parse_hosts(c: _Checker, raw: Any, zones: dict[str, Zone], gateway: str) ->
         if hname in zones:
             raise c.fail(p, f"host name {hname!r} clashes with a zone name")
         spec = c.mapping(spec, p)
-        c.only_keys(spec, {"zone", "roles", "also", "address"}, p, required=("zone",))
+        c.only_keys(spec, {"zone", "roles", "also", "address", "managed"}, p, required=("zone",))
         zone = c.name(spec["zone"], f"{p}.zone")
         if zone not in zones:
             raise c.fail(f"{p}.zone", f"unknown zone {zone!r} (zones: {', '.join(zones)})")
@@ -694,7 +698,12 @@ def _parse_hosts(c: _Checker, raw: Any, zones: dict[str, Zone], gateway: str) ->
                 raise c.fail(f"{p}.address", f"{addr} is reserved for the upstream router of external zone "
                              f"{zone!r} (its first address)")
             pinned[zone] = addr
-        hosts[hname] = Host(hname, zone, roles, also, pinned)
+        managed = spec.get("managed", True)
+        if not isinstance(managed, bool):
+            raise c.fail(f"{p}.managed", f"expected true or false, got {_show(managed)}")
+        if not managed and not zones[zone].external:
+            raise c.fail(f"{p}.managed", "only a host outside the platform (external zone) can be unmanaged")
+        hosts[hname] = Host(hname, zone, roles, also, pinned, managed=managed)
     controllers = [h.name for h in hosts.values() if h.is_controller]
     if len(controllers) != 1:
         raise c.fail("hosts", f"exactly one host must have the controller role (found {len(controllers)})")
@@ -724,6 +733,10 @@ def _check_also(c: _Checker, zones: dict[str, Zone], host: str, home: str, contr
     if inside and target.external and not controller:
         raise c.fail(path, f"a leg in external zone {zone!r} would give {host!r} direct access to the outside, "
                      f"bypassing the gateway; declare egress: true on zone {home!r} and a flow instead")
+    if controller and target.external and not target.simulated:
+        raise c.fail(path, f"the controller holds every host's SSH key and every VPN key: it must not have a leg in "
+                     f"external zone {zone!r}; it reaches the internet, if at all, through the gateway (only the "
+                     "lab's simulated internet, `simulated: true`, may have the controller as its upstream)")
     if inside and not target.external and not target.management:
         raise c.fail(path, f"a leg in zone {zone!r} would connect it to zone {home!r} without crossing the "
                      "gateway; give the host one home zone and declare flows instead")
@@ -776,7 +789,7 @@ def _assign_addresses(c: _Checker, zones: dict[str, Zone], hosts: dict[str, Host
                 raise c.fail(f"zones.{z}.cidr", f"{zones[z].cidr} has no free address left for host {h.name!r}")
             taken[z][addr] = h.name
             addrs[z] = addr
-        out[h.name] = Host(h.name, h.zone, h.roles, tuple(legs[h.name][1:]), addrs)
+        out[h.name] = Host(h.name, h.zone, h.roles, tuple(legs[h.name][1:]), addrs, managed=h.managed)
     return out
 
 

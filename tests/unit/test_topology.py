@@ -177,7 +177,7 @@ def topologies(draw):
     zones = ZONE_NAMES[:nzones]
     spec = {"name": "gen", "gateway": "gw",
             "zones": {"mgmt": {"cidr": "10.9.0.0/24", "management": True},
-                      "outer": {"cidr": "10.9.200.0/24", "external": True},
+                      "outer": {"cidr": "10.9.200.0/24", "external": True, "simulated": True},
                       "vpn": {"cidr": "10.9.250.0/24", "vpn": True}},
             "hosts": {"controller": {"zone": "mgmt", "also": ["outer"], "roles": ["controller"]},
                       "gw": {"zone": zones[0]}, "peer": {"zone": "outer"}},

@@ -298,10 +298,10 @@ def test_the_non_ascii_why_the_check_refuses_would_fail_nft(tmp_path):
 
 # ---- from: any (finding 9) -------------------------------------------------------------------------------
 
-def with_any(raw) -> dict:
+def with_any(raw, source="any") -> dict:
     data = copy.deepcopy(raw)
     flow = next(f for f in data["flows"] if f["to"] == "wireguard")
-    flow["from"] = "any"
+    flow["from"] = source
     return data
 
 
@@ -315,14 +315,14 @@ def test_any_lets_operators_dial_in_from_anywhere(raw):
 
 
 def test_any_keeps_the_matrix_of_declared_outside_hosts(raw):
-    before, after = parse(raw, "t.yml"), parse(with_any(raw), "t.yml")
+    before, after = parse(with_any(raw, "internet"), "t.yml"), parse(with_any(raw), "t.yml")
     assert after.matrix() == before.matrix()
     assert {r for r in before.rules()} < set(after.rules())
 
 
 def test_any_works_for_the_prod_example():
     data = with_any(yaml.safe_load(PROD.read_text()))
-    before, after = load(PROD), parse(data, "prod.yml")
+    before, after = parse(with_any(yaml.safe_load(PROD.read_text()), "internet"), "prod.yml"), parse(data, "prod.yml")
     assert not [r for r in before.rules() if r.endpoint.service == "wireguard" and r.path.source != "exchange"]
     assert [str(r.path.src_address) for r in after.rules()
             if r.endpoint.service == "wireguard" and r.path.source.startswith("any@")] == ["0.0.0.0/0"]
@@ -436,3 +436,28 @@ def test_any_string_in_a_name_or_reason_is_accepted_or_refused_cleanly(raw, wher
     # accepted: then it is safe where it ends up (hosts files, interface names, nft comments)
     assert one_line(topo.domain) and all(one_line(f.why) for f in topo.flows)
     assert all(len(z) <= 12 for z in topo.zones) and all(len(h) <= 63 for h in topo.hosts)
+
+
+def test_controller_leg_in_a_real_external_zone_is_refused(raw):
+    """Finding 3: the controller holds every key; only the lab's simulated internet may have it as upstream."""
+    def mutate(d):
+        d["zones"]["internet"].pop("simulated")
+    msg = refused(raw, mutate)
+    assert "hosts.controller.also" in msg and "must not have a leg in external zone 'internet'" in msg
+
+
+def test_simulated_applies_to_external_zones_only(raw):
+    msg = refused(raw, lambda d: d["zones"]["data"].update(simulated=True))
+    assert "zones.data.simulated" in msg
+
+
+def test_unmanaged_hosts_are_outside_the_inventory_and_need_no_ssh_path():
+    prod = load(PROD)
+    assert "exchange" in prod.hosts and "exchange" not in {h.name for h in prod.managed_hosts()}
+    assert "exchange" not in prod.hosts_of("all")
+    assert prod.hosts["controller"].also == ()
+
+
+def test_only_outside_hosts_can_be_unmanaged(raw):
+    msg = refused(raw, lambda d: d["hosts"]["db01"].update(managed=False))
+    assert "hosts.db01.managed" in msg
