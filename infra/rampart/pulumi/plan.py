@@ -70,8 +70,8 @@ TMPFS = {
     "/run/lock": "rw,nosuid,nodev,noexec",
     # The hardening baseline's flags (os-14..16): containers cannot remount, so they come mounted this way.
     "/tmp": "rw,nosuid,nodev,noexec",  # noqa: S108 - a mount point inside the container, not a temp file
-    "/var/tmp": "rw,nosuid,nodev,noexec",
-    "/dev/shm": "rw,nosuid,nodev,noexec",
+    "/var/tmp": "rw,nosuid,nodev,noexec",  # noqa: S108 - a mount point too
+    "/dev/shm": "rw,nosuid,nodev,noexec",  # noqa: S108 - a mount point too
 }
 CGROUP_DELEGATION_ROOT = "/sys/fs/cgroup"
 
