@@ -90,13 +90,10 @@ def inbound_accepts_are_scoped(facts: Facts) -> None:
     assert not loose, f"unscoped inbound accepts: {loose}"
 
 
-@control("rampart-fw-07", "Inbound accepts match the topology's declared flows exactly")
-def inbound_matches_topology(facts: Facts) -> None:
-    topo = facts.topology
-    want = {(str(r.path.src_address), str(r.endpoint.address), r.endpoint.proto, r.endpoint.port)
-            for r in topo.inbound(facts.name)}
+def _matches(facts: Facts, chain: str) -> set[tuple[str, str, str, int]]:
+    """(saddr, daddr, proto, dport) of every accept in a chain that names all four (the flow accepts)."""
     have = set()
-    for r in _rules(facts, "input"):
+    for r in _rules(facts, chain):
         match = {}
         for expr in r["expr"]:
             m = expr.get("match")
@@ -111,6 +108,43 @@ def inbound_matches_topology(facts: Facts) -> None:
                          if "match" in e and isinstance(e["match"]["left"], dict)
                          and e["match"]["left"].get("payload", {}).get("field") == "dport")
             have.add((str(match["saddr"]), str(match["daddr"]), proto, match["dport"]))
+    return have
+
+
+def _own_source(topo, rule) -> str:
+    """The source address as the sending host writes it (the gateway NATs egress afterwards)."""
+    if rule.path.nat:
+        src = topo.hosts[rule.path.source]
+        return str(src.addresses[src.zone])
+    return str(rule.path.src_address)
+
+
+def _expect(rules, source) -> set[tuple[str, str, str, int]]:
+    return {(source(r), str(r.endpoint.address), r.endpoint.proto, r.endpoint.port) for r in rules}
+
+
+@control("rampart-fw-07", "Inbound accepts match the topology's declared flows exactly")
+def inbound_matches_topology(facts: Facts) -> None:
+    topo = facts.topology
+    want = _expect(topo.inbound(facts.name), lambda r: str(r.path.src_address))
+    have = _matches(facts, "input")
+    assert have == want, f"missing: {sorted(want - have)}; undeclared: {sorted(have - want)}"
+
+
+@control("rampart-fw-10", "Outbound accepts match the topology's declared flows exactly", applies=_platform)
+def outbound_matches_topology(facts: Facts) -> None:
+    topo = facts.topology
+    want = _expect(topo.outbound(facts.name), lambda r: _own_source(topo, r))
+    have = _matches(facts, "output")
+    assert have == want, f"missing: {sorted(want - have)}; undeclared: {sorted(have - want)}"
+
+
+@control("rampart-fw-11", "The gateway forwards exactly the topology's forwarded flows",
+         applies=lambda facts: facts.router)
+def forward_matches_topology(facts: Facts) -> None:
+    topo = facts.topology
+    want = _expect(topo.forwarded(), lambda r: _own_source(topo, r))
+    have = _matches(facts, "forward")
     assert have == want, f"missing: {sorted(want - have)}; undeclared: {sorted(have - want)}"
 
 

@@ -20,13 +20,16 @@ SECRET_FILES = {
 }
 
 
-@control("rampart-net-01", "Only declared services listen on non-loopback addresses (topology + sshd)")
+@control("rampart-net-01", "Only declared services listen, each on its declared address (topology)")
 def only_declared_listeners(facts: Facts) -> None:
-    declared_ports = {(proto, port) for proto, port, _ in facts.expected_listen}
-    declared_ports.add(("tcp", 22))
+    declared = {(proto, port, addr) for proto, port, addr in facts.expected_listen}
+    # UDP services bound to every address (wireguard-go does) are tolerated on their declared port: the
+    # firewall admits them only at the declared address (rampart-fw-07); TCP never (rampart-net-02).
+    udp_ports = {port for proto, port, _ in declared if proto == "udp"}
     extra = sorted({f"{proto}/{addr}:{port}" for proto, addr, port in facts.listening
-                    if not is_loopback(addr) and (proto, port) not in declared_ports})
-    assert not extra, f"undeclared listeners: {extra} (declared: {sorted(declared_ports)})"
+                    if not is_loopback(addr) and (proto, port, addr) not in declared
+                    and not (proto == "udp" and is_wildcard(addr) and port in udp_ports)})
+    assert not extra, f"listeners not declared at that address: {extra} (declared: {sorted(declared)})"
 
 
 @control("rampart-net-02", "Declared TCP services bind to their declared address, not to every address")
