@@ -223,12 +223,20 @@ def peer_allowed_ips(facts: Facts) -> None:
     assert not bad, f"peers with broader AllowedIPs: {bad}"
 
 
-@control("rampart-vpn-04", "VPN keys: the hub's config and the controller's key store are private", applies=_hub,
-         stat=["/etc/wireguard/wg0.conf"])
+@control("rampart-vpn-04", "VPN keys: the hub's key is made on the hub and private; no copy in its config or on "
+         "the controller", applies=_hub, stat=["/etc/wireguard/wg0.conf", "/etc/wireguard/wg0.key"],
+         read=["/etc/wireguard/wg0.conf"])
 def key_modes(facts: Facts) -> None:
     # /etc/wireguard itself is covered by rampart-files-01 on every host.
-    st = facts.stat("/etc/wireguard/wg0.conf")
-    bad = [] if st and st["user"] == "root" and mode_at_most(st, 0o600) else [f"wg0.conf is {describe(st)}"]
+    bad = []
+    for name in ("wg0.conf", "wg0.key"):
+        st = facts.stat(f"/etc/wireguard/{name}")
+        if not (st and st["user"] == "root" and mode_at_most(st, 0o600)):
+            bad.append(f"{name} is {describe(st)}")
+    if "PrivateKey" in (facts.file("/etc/wireguard/wg0.conf") or ""):
+        bad.append("wg0.conf carries a private key (the hub loads its own key file)")
+    if any((ROOT / "output" / "wireguard" / facts.topology.name / "keys").glob("server.*")):
+        bad.append("the controller keeps a copy of the hub's key")
     store = ROOT / "output" / "wireguard" / facts.topology.name
     for path in [store, *store.rglob("*")]:
         limit = 0o700 if path.is_dir() else 0o600
