@@ -128,6 +128,28 @@ def bot_names() -> set[str]:
     return names_in(asyncio.run(scrape()))
 
 
+def aide_textfile(work: Path, textfile: Path) -> None:
+    """Run the aide role's real check script (with the real aide) on a small watched tree: it writes its
+    metrics into node_exporter's textfile directory as on a host."""
+    from hardening_templates import render
+    aide = shutil.which("aide")
+    if aide is None:
+        pytest.skip("aide not installed (apt-get install aide)")
+    watched = work / "etc"
+    watched.mkdir(parents=True)
+    (watched / "sudoers").write_text("root ALL=(ALL:ALL) ALL\n")
+    (work / "db").mkdir()
+    overrides = {"aide_config_file": str(work / "aide.conf"), "aide_database": str(work / "db/aide.db.gz"),
+                 "aide_report_file": str(work / "last-check.txt"), "aide_textfile_dir": str(textfile),
+                 "aide_watch": {str(watched): "Critical"}, "aide_ignore": []}
+    (work / "aide.conf").write_text(render("aide", "aide.conf.j2", **overrides))
+    script = work / "rampart-aide"
+    script.write_text(render("aide", "rampart-aide.sh.j2", **overrides).replace("/usr/bin/aide", aide))
+    script.chmod(0o755)
+    done = subprocess.run([str(script), "init"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
 def netmetrics_textfile(directory: Path) -> None:
     """Run the real netmetrics script in a private network namespace with a ruleset that drops a probe."""
     fakebin = directory.parent / "fakebin"
@@ -153,6 +175,7 @@ def node_exporter_names(tmp: Path) -> set[str]:
     textfile = tmp / "textfile"
     textfile.mkdir()
     netmetrics_textfile(textfile)
+    aide_textfile(tmp / "aide", textfile)
     port = _free_port()
     p = Proc([binary, f"--web.listen-address=127.0.0.1:{port}", f"--collector.textfile.directory={textfile}"])
     try:
