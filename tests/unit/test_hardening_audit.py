@@ -2,15 +2,11 @@
 compliance logic that compares them with what the kernel has loaded (`auditctl -l`)."""
 
 import re
-import sys
-from pathlib import Path
 
-import pytest
-from hardening_templates import render, role_vars
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compliance"))
 import compliance_core as core  # noqa: E402
 import controls_os  # noqa: E402
+import pytest
+from hardening_templates import render, role_vars
 
 SYSCALL = re.compile(r"^-a always,exit -F arch=(b32|b64) -S (\S+)(.*)-k (\S+)$")
 

@@ -6,15 +6,12 @@ bound onto itself, one that becomes a tmpfs, and a tmpfs that exists already (li
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-from hardening_templates import render
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compliance"))
 import compliance_core as core  # noqa: E402
 import controls_os  # noqa: E402
+import pytest
+from hardening_templates import render
 
 
 def test_defaults_cover_the_three_world_writable_directories():

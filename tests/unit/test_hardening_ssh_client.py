@@ -3,14 +3,10 @@ offline), and the compliance suite's client controls agree with what ssh makes o
 
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
+import compliance_core as core  # noqa: E402
 import pytest
 from hardening_templates import render, role_vars
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compliance"))
-import compliance_core as core  # noqa: E402
 
 SSH = shutil.which("ssh")
 needs_ssh = pytest.mark.skipif(SSH is None, reason="needs the OpenSSH client (ssh -G)")

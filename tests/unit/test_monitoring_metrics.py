@@ -25,11 +25,9 @@ from pathlib import Path
 import jinja2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from rampart import monitoring_checks as checks
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "monitoring" / "tools"))
-
-import checks  # noqa: E402
 
 NETMETRICS = ROOT / "roles" / "netmetrics" / "files" / "rampart-netmetrics.py"
 BLACKBOX_TEMPLATE = ROOT / "roles" / "blackbox_exporter" / "templates" / "blackbox.yml.j2"
