@@ -49,8 +49,34 @@ def host_view(name: str = "db01", **listens: Any) -> dict[str, Any]:
             "clients": {}}
 
 
-def render(role: str, template: str, **overrides: Any) -> str:
+def _resolve(value: Any, env: jinja2.Environment, values: dict[str, Any]) -> Any:
+    """Like Ansible's lazy templating: strings inside dicts and lists are expressions too."""
+    if isinstance(value, str) and "{{" in value:
+        try:
+            return env.from_string(value).render(**values)
+        except jinja2.UndefinedError:
+            return value
+    if isinstance(value, dict):
+        return {k: _resolve(v, env, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, env, values) for v in value]
+    return value
+
+
+def backup_role_vars(role: str, **overrides: Any) -> dict[str, Any]:
     values = role_vars(role, **overrides)
+    env = _environment(role, native=True)
+    env.filters["to_json"] = json.dumps
+    for _ in range(5):
+        resolved = {k: (v if k in overrides else _resolve(v, env, values)) for k, v in values.items()}
+        if resolved == values:
+            break
+        values = resolved
+    return values
+
+
+def render(role: str, template: str, **overrides: Any) -> str:
+    values = backup_role_vars(role, **overrides)
     env = _environment(role)
     env.filters["to_json"] = json.dumps
     env.filters["to_nice_json"] = lambda v, indent=4: json.dumps(v, indent=indent, sort_keys=True)
