@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_backup_lib import ROOT, RESTIC, restic
+from test_backup_lib import RESTIC, ROOT, restic
 
 PGBIN = Path("/usr/lib/postgresql/15/bin")
 PROBE = ROOT / "playbooks/drills/files/drill_probe.py"
@@ -55,7 +55,7 @@ def sql(env, database, text):
 def loaded(cluster):
     base, env = cluster
     subprocess.run(["runuser", "-u", "postgres", "--", "createdb", "rampart"], env=env, check=True)
-    sql(env, "rampart", f"""
+    sql(env, "rampart", """
         CREATE TABLE orders (client_order_id varchar(36) PRIMARY KEY, symbol varchar(20) NOT NULL,
           side varchar(4) NOT NULL, qty varchar(40) NOT NULL, price varchar(40), status varchar(20) NOT NULL,
           exchange_order_id bigint, created_ms bigint NOT NULL);
@@ -64,9 +64,9 @@ def loaded(cluster):
           PRIMARY KEY (symbol, trade_id));
         INSERT INTO orders SELECT 'c-' || g, CASE WHEN g % 2 = 0 THEN 'BTCUSDT' ELSE 'ETHUSDT' END,
           CASE WHEN g % 3 = 0 THEN 'SELL' ELSE 'BUY' END, (g % 97 + 1)::text || '.0001',
-          (30000 + g % 500)::text || '.25', 'FILLED', g, 1700000000000 + g FROM generate_series(1, {ORDERS}) g;
+          (30000 + g % 500)::text || '.25', 'FILLED', g, 1700000000000 + g FROM generate_series(1, :orders) g;
         INSERT INTO fills SELECT symbol, exchange_order_id, client_order_id, price, qty, created_ms + 5 FROM orders;
-    """)
+    """.replace(":orders", str(ORDERS)))
     password = base / "restic-password"
     password.write_text("drill password\n")
     password.chmod(0o400)

@@ -139,12 +139,15 @@ class Session:
         self.proc.wait(timeout=30)
 
 
+CHECKSUM_SQL = "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM :table AS t"
+
+
 def checksums(query) -> dict:
     """Row count and an order-independent checksum per table (md5 of the sorted row texts)."""
     out = {}
     for table in query(TABLES_SQL):
-        row = query(f"SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') "
-                    f"FROM {table} AS t")[0].split("|")
+        # table names come from pg_tables through quote_ident
+        row = query(CHECKSUM_SQL.replace(":table", table))[0].split("|")
         out[table] = {"rows": int(row[0]), "md5": row[1]}
     return out
 
