@@ -10,6 +10,9 @@ timings are not blurred by SSH round trips. Every subcommand prints one JSON obj
   db-counts DATABASE                  the bot's orders and fills as PostgreSQL holds them (run as root)
   verify-restore DATABASE SCRATCH     dump DATABASE in one snapshot through restic, restore it into SCRATCH,
                                       compare row counts and checksums of every table (run as root)
+  latest TAG                          this host's newest snapshot with TAG in its backup repository
+  restore-db DATABASE SNAPSHOT PATH   pg_restore the dump at PATH in SNAPSHOT into DATABASE (run as root)
+  fetch-file SNAPSHOT PATH TARGET     write a file from the repository to TARGET (0600)
 """
 
 from __future__ import annotations
@@ -202,6 +205,41 @@ def verify_restore(database: str, scratch: str) -> dict:
             "orders": source.get("public.orders", {}).get("rows")}
 
 
+def latest(tag: str) -> dict:
+    result = subprocess.run([*restic_base(), "snapshots", "--json", "--tag", tag, "--latest", "1",
+                             "--host", os.uname().nodename], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return {"error": f"restic snapshots failed: {result.stderr.strip()[-300:]}"}
+    snaps = json.loads(result.stdout or "[]") or []
+    if not snaps:
+        return {"error": f"no snapshot tagged {tag} for this host"}
+    return {"id": snaps[-1]["id"], "time": snaps[-1]["time"], "paths": snaps[-1]["paths"]}
+
+
+def restore_db(database: str, snapshot: str, path: str) -> dict:
+    """pg_restore a dump from the repository into DATABASE (objects replaced), streamed."""
+    t0 = time.time()
+    fetch = subprocess.Popen([*restic_base(), "dump", snapshot, path], stdout=subprocess.PIPE)
+    restore = subprocess.run(["runuser", "-u", "postgres", "--", "pg_restore", "--clean", "--if-exists",
+                              "--exit-on-error", "-d", database], stdin=fetch.stdout, capture_output=True,
+                             text=True, check=False)
+    fetch.wait()
+    if fetch.returncode != 0 or restore.returncode != 0:
+        return {"error": f"restore failed: restic {fetch.returncode}, pg_restore {restore.returncode}: "
+                         f"{restore.stderr.strip()[-300:]}"}
+    return {"restore_s": time.time() - t0}
+
+
+def fetch_file(snapshot: str, path: str, target: str) -> dict:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        result = subprocess.run([*restic_base(), "dump", snapshot, path], stdout=out, stderr=subprocess.PIPE,
+                                check=False)
+    if result.returncode != 0:
+        return {"error": f"restic dump failed: {result.stderr.decode(errors='replace').strip()[-300:]}"}
+    return {"bytes": os.path.getsize(target)}
+
+
 def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "kill-wait":
@@ -218,6 +256,12 @@ def main(argv: list[str]) -> int:
         out = db_counts(args[0])
     elif cmd == "verify-restore":
         out = verify_restore(args[0], args[1])
+    elif cmd == "latest":
+        out = latest(args[0])
+    elif cmd == "restore-db":
+        out = restore_db(args[0], args[1], args[2])
+    elif cmd == "fetch-file":
+        out = fetch_file(args[0], args[1], args[2])
     else:
         print(json.dumps({"error": f"unknown probe {cmd}"}))
         return 2
