@@ -7,7 +7,7 @@ ENV ?= lab
 VAULT_ID := --vault-id $(ENV)@scripts/vault-pass-client.py
 PLAYBOOK := $(BIN)/ansible-playbook -i inventory/$(ENV) $(VAULT_ID)
 
-.PHONY: setup secrets lab lab-up converge summary lab-down test test-fast test-lab lint unit bench lock
+.PHONY: drill setup secrets lab lab-up converge summary lab-down test test-fast test-lab lint unit bench lock
 
 setup:                       ## Debian packages + pinned virtualenv (idempotent)
 	@scripts/setup.sh
@@ -36,7 +36,7 @@ test-fast: lint unit         ## no lab: lint, syntax, unit tests
 lint: setup
 	@echo "== ruff"; $(BIN)/ruff check infra plugins tests bot
 	@echo "== yamllint"; $(BIN)/yamllint -s .
-	@echo "== ansible syntax"; $(BIN)/ansible-playbook -i inventory/$(ENV) --syntax-check playbooks/*.yml >/dev/null && echo ok
+	@echo "== ansible syntax"; $(BIN)/ansible-playbook -i inventory/$(ENV) --syntax-check playbooks/*.yml playbooks/drills/*.yml >/dev/null && echo ok
 	@echo "== ansible-lint (production profile)"; $(BIN)/ansible-lint --offline -q --profile production
 
 unit: setup
@@ -45,6 +45,9 @@ unit: setup
 
 test-lab: setup              ## lab up, converge twice (idempotence), testinfra suites, lab down
 	@scripts/test-lab.sh
+
+drill: setup                 ## recovery drills on the running lab: make drill [NAME=a|b|c|d|e|f|all]
+	@$(BIN)/rampart --env $(ENV) drill $(or $(NAME),all)
 
 bench: setup                 ## print the figures (not timed tests)
 	@scripts/bench.sh

@@ -24,7 +24,8 @@ from ansible.parsing.vault import VaultLib, VaultSecret
 
 ROOT = Path(__file__).resolve().parents[1]
 # Values that can be generated; the exchange key is generated only for the lab (its simulator accepts any key).
-GENERATED = ["secret_postgres_bot_password", "secret_postgres_exporter_password", "secret_bot_operator_token"]
+GENERATED = ["secret_postgres_bot_password", "secret_postgres_exporter_password", "secret_bot_operator_token",
+             "secret_backup_master"]
 LAB_ONLY = ["secret_lab_exchange_api_key", "secret_lab_exchange_api_secret"]
 
 

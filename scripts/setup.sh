@@ -12,7 +12,8 @@ say() { printf 'setup: %s\n' "$*"; }
 APT_PACKAGES=(python3-venv debootstrap systemd-container apt-cacher-ng nftables iproute2 openssh-client
               wireguard-tools postgresql chrony
               prometheus prometheus-alertmanager prometheus-node-exporter prometheus-blackbox-exporter
-              prometheus-postgres-exporter systemd-journal-remote conntrack aide restic)
+              prometheus-postgres-exporter systemd-journal-remote conntrack aide restic openssh-server
+              openssh-sftp-server)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

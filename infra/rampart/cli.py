@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from rampart import report
+from rampart import drills, report
 from rampart.topology import TopologyError, load
 
 
@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     topo.add_argument("what", choices=["check", "plan", "matrix", "rules"])
     lab = sub.add_parser("lab", help="the local lab of systemd-nspawn hosts")
     lab.add_argument("what", choices=["up", "down", "status", "summary"])
+    drills.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.cmd == "drill":
+        return drills.main(args, repo_root())
 
     from rampart.lab import LabError  # imported here so topology commands work on any machine
 

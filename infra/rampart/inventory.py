@@ -4,8 +4,9 @@ One function serves both adapters, so they cannot drift: the inventory plugin fe
 views directly, the Pulumi inventory feeds it the same views read back from the stack outputs.
 
 Groups: one per zone (hosts whose home zone it is), one per role, ``service_<name>`` per service a host
-runs, and ``platform`` / ``outside``. ``ansible_host`` is the address the controller SSHes to; everything
-else a role needs about its host is in ``rampart_host`` (see :class:`rampart.topology.HostView`).
+runs, ``client_<name>`` per service a host may connect to, and ``platform`` / ``outside``. ``ansible_host``
+is the address the controller SSHes to; everything else a role needs about its host is in ``rampart_host``
+(see :class:`rampart.topology.HostView`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 from rampart.topology import Topology
 
-SERVICE_GROUP_PREFIX = "service_"
+SERVICE_GROUP_PREFIX = "service_"  # hosts that run the service
+CLIENT_GROUP_PREFIX = "client_"  # hosts the topology lets connect to it
 
 
 def topology_vars(topo: Topology) -> dict[str, Any]:
@@ -39,7 +41,8 @@ def build(views: Mapping[str, Mapping[str, Any]], zones: Iterable[str],
         view = views[name]
         hosts[name] = {"ansible_host": view["access_address"], "rampart_host": dict(view)}
         member_of = [view["zone"], "platform" if view["platform"] else "outside", *view["roles"],
-                     *(SERVICE_GROUP_PREFIX + s for s in view["listens"])]
+                     *(SERVICE_GROUP_PREFIX + s for s in view["listens"]),
+                     *(CLIENT_GROUP_PREFIX + s for s in view["connects"])]
         for group in member_of:
             groups.setdefault(group, set()).add(name)
     return {"vars": dict(global_vars), "hosts": hosts,
