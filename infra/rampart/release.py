@@ -183,8 +183,14 @@ def _pip(python: str, args: Sequence[str], what: str, env: dict[str, str] | None
     command = [python, "-m", "pip", "--disable-pip-version-check", "--no-input", *args]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
-        lines = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
-        reason = lines[-1].strip() if lines else f"exit {result.returncode}"
+        lines = [ln.strip() for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"exit {result.returncode}"
+        if any("DO NOT MATCH THE HASHES" in ln for ln in lines):
+            # pip's report spans lines: name the package and both hashes in one.
+            pkg = next((ln.split(" from ")[0] for ln in lines if "==" in ln and " from " in ln), "a wheel")
+            expected = next((ln.split()[-1][:16] for ln in lines if ln.startswith("Expected sha256")), "?")
+            got = next((ln.split()[-1][:16] for ln in lines if ln.startswith("Got")), "?")
+            reason = f"{pkg} does not match its locked hash (expected {expected}…, got {got}…)"
         raise ReleaseError(f"{what} failed: {reason[:300]}")
 
 
