@@ -387,7 +387,7 @@ def build_release(project: Path, lock: Path, out: Path, *, python: str = sys.exe
     release = Release(name, version, release_id, str(directory), str(archive), sha256_file(archive), _py(),
                       platform.machine(), cached=False)
     # Beside the archive for the deploy (Ansible reads it), and in the index for the next build.
-    side = {**manifest, "archive": str(archive), "sha256": release.sha256}
+    side = {**manifest, "archive": str(archive), "sha256": release.sha256, "size": archive.stat().st_size}
     Path(f"{archive}.json").write_text(json.dumps(side, indent=1, sort_keys=True) + "\n")
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps({k: v for k, v in release.as_dict().items() if k != "cached"}, sort_keys=True))

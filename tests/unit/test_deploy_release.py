@@ -83,6 +83,7 @@ def test_the_archive_is_deterministic_and_complete(source):
     assert {"MANIFEST.json", "requirements.txt"} <= {m.name for m in members}
     side = json.loads(Path(release.archive + ".json").read_text())
     assert side["sha256"] == sha256(Path(release.archive)) and side["id"] == release.id
+    assert side["size"] == Path(release.archive).stat().st_size
     assert side["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
