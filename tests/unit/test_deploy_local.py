@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from deploy_wheels import make_project, make_wheel
-
 from rampart import release as rel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +29,8 @@ def _run(play: str, extra: dict) -> tuple[int, dict[str, int], str]:
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_STRATEGY": "linear",
            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
            "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_NOCOLOR": "1"}
-    result = subprocess.run([PLAYBOOK, "-i", "localhost,", str(PLAYS / play), "-e", json.dumps(extra)], capture_output=True, text=True,
-                            env=env, cwd=ROOT, check=False)
+    result = subprocess.run([PLAYBOOK, "-i", "localhost,", str(PLAYS / play), "-e", json.dumps(extra)],
+                            capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     recap = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", result.stdout)
     assert recap, result.stdout[-3000:] + result.stderr[-3000:]
     counts = dict(zip(("ok", "changed", "unreachable", "failed"), map(int, recap.groups()), strict=True))
@@ -98,16 +97,25 @@ def test_an_unfinished_release_is_redone_and_never_switched_to(releases, tmp_pat
     assert (partial / ".rampart-release").is_file() and (partial / "venv/bin/python").exists()
 
 
+@pytest.fixture(scope="module")
+def installed(releases, tmp_path_factory) -> Path:
+    """A root with release 1.0 installed and current (copied per test: the copies' venvs are never run)."""
+    root = tmp_path_factory.mktemp("installed") / "opt"
+    rc, _, out = _run("release.yml", {"py_release_root": str(root), "py_release_archive": releases["1.0"].archive})
+    assert rc == 0, out
+    return root
+
+
 @pytest.mark.parametrize("breakage, message", [
     ("python", r"was built for Python 3\.99 on x86_64 but localhost has 3\.\d+ "),
     ("disk", r"not enough disk: .* has \d+ MiB free, the release needs \d+ MiB"),
     ("smoke", r"did not install on localhost \(Smoke-test the release\)"),
     ("hash", r"did not install on localhost \(Check the archive arrived intact\)"),
 ])
-def test_a_release_that_cannot_install_stops_before_the_running_one_is_touched(releases, tmp_path, breakage, message):
+def test_a_release_that_cannot_install_stops_before_the_running_one_is_touched(releases, installed, tmp_path,
+                                                                               breakage, message):
     root = tmp_path / "opt"
-    rc, _, out = _run("release.yml", {"py_release_root": str(root), "py_release_archive": releases["1.0"].archive})
-    assert rc == 0, out
+    shutil.copytree(installed, root, symlinks=True)
     archive = tmp_path / "broken.tar"
     shutil.copy(releases["2.0"].archive, archive)
     side = json.loads(Path(releases["2.0"].archive + ".json").read_text())
