@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Values that can be generated; the exchange key is generated only for the lab (its simulator accepts any key).
 GENERATED = ["secret_postgres_bot_password", "secret_postgres_exporter_password", "secret_bot_operator_token",
              "secret_backup_master"]
-LAB_ONLY = ["secret_lab_exchange_api_key", "secret_lab_exchange_api_secret"]
+LAB_ONLY = ["secret_lab_exchange_api_key", "secret_lab_exchange_api_secret", "secret_lab_sim_control_token"]
 
 
 class Refused(Exception):
