@@ -238,12 +238,14 @@ def _risk(where: str, value: Any, base: RiskLimits) -> tuple[RiskLimits, bool]:
     unknown = set(value) - known
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+    # Keys not given keep the base limits (already Decimals); only given values are parsed.
+    def dec(key: str) -> Decimal:
+        return _dec(f"{where}.{key}", value[key]) if key in value else getattr(base, key)
+
     limits = RiskLimits(
-        max_position=_dec(f"{where}.max_position", value.get("max_position", base.max_position)),
-        max_exposure=_dec(f"{where}.max_exposure", value.get("max_exposure", base.max_exposure)),
-        daily_loss_limit=_dec(
-            f"{where}.daily_loss_limit", value.get("daily_loss_limit", base.daily_loss_limit)
-        ),
+        max_position=dec("max_position"),
+        max_exposure=dec("max_exposure"),
+        daily_loss_limit=dec("daily_loss_limit"),
         max_orders_per_second=_typed(
             f"{where}.max_orders_per_second",
             value.get("max_orders_per_second", base.max_orders_per_second),
