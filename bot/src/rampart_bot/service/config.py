@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -26,6 +27,8 @@ class VenueConfig:
     order_resp_type: str = "FULL"
     user_stream: bool = True  # fills and balances from the user-data stream (listen key)
     rules_refresh_s: float = 3600.0  # exchangeInfo re-read interval (symbol filters, rate limits)
+    # PEM CA bundle that https/wss venue certificates must chain to; "" = the system trust store.
+    ca_file: str = ""
 
 
 @dataclass
@@ -272,6 +275,12 @@ def validate(cfg: BotConfig, source: str) -> None:
         raise ConfigError(f"{source}: venue.order_resp_type: must be ACK, RESULT or FULL")
     if cfg.venue.rules_refresh_s <= 0:
         raise ConfigError(f"{source}: venue.rules_refresh_s: must be positive")
+    if cfg.venue.ca_file:
+        try:
+            venue_ssl_context(cfg.venue)
+        except (OSError, ssl.SSLError) as exc:
+            why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "not a PEM CA bundle"
+            raise ConfigError(f"{source}: venue.ca_file: {cfg.venue.ca_file}: cannot load: {why}") from None
     if cfg.secrets.provider not in ("credentials", "vault", "dotenv"):
         raise ConfigError(f"{source}: secrets.provider: must be credentials, vault or dotenv")
     if cfg.secrets.provider == "vault":
@@ -296,6 +305,14 @@ def validate(cfg: BotConfig, source: str) -> None:
         raise ConfigError(f"{source}: runtime.max_connects_per_5min: must be in 1..300")
     if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{source}: log_level: must be DEBUG, INFO, WARNING or ERROR")
+
+
+def venue_ssl_context(venue: VenueConfig) -> ssl.SSLContext | bool:
+    """TLS verification for venue REST and WebSocket: the configured CA bundle only, or (True) the
+    system trust store. Hostname checking stays on either way."""
+    if not venue.ca_file:
+        return True
+    return ssl.create_default_context(cafile=venue.ca_file)
 
 
 def load_config(path: str | Path) -> BotConfig:

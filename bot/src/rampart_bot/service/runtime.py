@@ -19,7 +19,7 @@ from ..adapters.secrets import (
     VaultProvider,
 )
 from .app import build_app
-from .config import BotConfig
+from .config import BotConfig, venue_ssl_context
 from .engine import Engine
 
 log = logging.getLogger("rampart_bot")
@@ -68,7 +68,8 @@ class BotRuntime:
         store = Store(cfg.database_url)
         store.migrate()
         # One connection per host is plenty; keep-alive is what makes order round trips fast.
-        connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
+        # The one session carries REST and both WebSockets, so its TLS setting covers all venue traffic.
+        connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300, ssl=venue_ssl_context(cfg.venue))
         session = aiohttp.ClientSession(connector=connector)
         rest = BinanceRest(
             session,
