@@ -85,6 +85,9 @@ class BotConfig:
     database_url: str = "sqlite:///rampart-bot.sqlite3"
     http_host: str = "127.0.0.1"
     http_port: int = 9108
+    # Separate listener for the operator API (/api/*); None = the API shares the http listener.
+    operator_host: str = "127.0.0.1"
+    operator_port: int | None = None
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     log_level: str = "INFO"
@@ -223,6 +226,16 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> BotConfig:
                     raise ConfigError(f"{where}: expected a table")
                 cfg.http_host = _typed(f"{where}.host", value.get("host", cfg.http_host), str)
                 cfg.http_port = _typed(f"{where}.port", value.get("port", cfg.http_port), int)
+            elif key == "operator":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{where}: expected a table")
+                unknown = set(value) - {"host", "port"}
+                if unknown:
+                    raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+                if "port" not in value:
+                    raise ConfigError(f"{where}.port: missing (an [operator] table needs a port)")
+                cfg.operator_host = _typed(f"{where}.host", value.get("host", cfg.operator_host), str)
+                cfg.operator_port = _typed(f"{where}.port", value["port"], int)
             else:
                 raise ConfigError(f"{where}: unknown key")
     except ConfigError as exc:
@@ -291,6 +304,15 @@ def validate(cfg: BotConfig, source: str) -> None:
         raise ConfigError(f"{source}: database.url: only sqlite:// and postgresql+psycopg:// are supported")
     if not 0 < cfg.http_port < 65536:
         raise ConfigError(f"{source}: http.port: must be in 1..65535")
+    if cfg.operator_port is not None:
+        if not 0 < cfg.operator_port < 65536:
+            raise ConfigError(f"{source}: operator.port: must be in 1..65535")
+        if not cfg.operator_host:
+            raise ConfigError(f"{source}: operator.host: must not be empty")
+        if (cfg.operator_host, cfg.operator_port) == (cfg.http_host, cfg.http_port):
+            raise ConfigError(
+                f"{source}: operator: {cfg.operator_host}:{cfg.operator_port} is the http listener itself"
+            )
     if cfg.limits.max_orders_per_second <= 0:
         raise ConfigError(f"{source}: risk.max_orders_per_second: must be positive")
     prefix = cfg.runtime.client_id_prefix
