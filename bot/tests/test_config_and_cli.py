@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,15 @@ def test_cli_check_config_ok(tmp_path: Path) -> None:
     proc = _run("--config", str(cfg), "--check-config")
     assert proc.returncode == 0, proc.stderr
     assert "config OK" in proc.stdout and "s\n" not in proc.stdout
+
+
+def test_partial_risk_table_keeps_defaults_for_the_rest() -> None:
+    base = parse_config({}, "bot.toml").limits
+    cfg = parse_config({"risk": {"max_position": "0.1"}}, "bot.toml")
+    assert cfg.limits.max_position == Decimal("0.1")
+    assert cfg.limits.max_exposure == base.max_exposure
+    assert cfg.limits.daily_loss_limit == base.daily_loss_limit
+    assert cfg.limits.max_orders_per_second == base.max_orders_per_second
+    only_rate = parse_config({"risk": {"max_orders_per_second": 3, "start_halted": True}}, "bot.toml")
+    assert only_rate.limits.max_position == base.max_position and only_rate.start_halted
+    assert only_rate.limits.max_orders_per_second == 3

@@ -15,21 +15,27 @@ ENGINE = web.AppKey("engine", Engine)
 TOKEN = web.AppKey("operator_token", Secret)
 
 
-def build_app(engine: Engine, operator_token: Secret) -> web.Application:
+def build_app(
+    engine: Engine, operator_token: Secret, *, public: bool = True, operator: bool = True
+) -> web.Application:
+    """public: /healthz, /readyz, /metrics; operator: the authenticated /api/v1/* routes. One app
+    with both by default; with an [operator] listener each listener serves only its own half."""
     app = web.Application(middlewares=[_operator_auth])
     app[ENGINE] = engine
     app[TOKEN] = operator_token
-    app.add_routes(
-        [
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
-            web.get("/metrics", metrics),
-            web.get("/api/v1/state", state),
-            web.post("/api/v1/kill", kill),
-            web.post("/api/v1/resume", resume),
-            web.post("/api/v1/reducing", reducing),
-        ]
-    )
+    if public:
+        app.add_routes(
+            [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
+        )
+    if operator:
+        app.add_routes(
+            [
+                web.get("/api/v1/state", state),
+                web.post("/api/v1/kill", kill),
+                web.post("/api/v1/resume", resume),
+                web.post("/api/v1/reducing", reducing),
+            ]
+        )
     return app
 
 

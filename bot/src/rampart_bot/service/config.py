@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -26,6 +27,8 @@ class VenueConfig:
     order_resp_type: str = "FULL"
     user_stream: bool = True  # fills and balances from the user-data stream (listen key)
     rules_refresh_s: float = 3600.0  # exchangeInfo re-read interval (symbol filters, rate limits)
+    # PEM CA bundle that https/wss venue certificates must chain to; "" = the system trust store.
+    ca_file: str = ""
 
 
 @dataclass
@@ -82,6 +85,9 @@ class BotConfig:
     database_url: str = "sqlite:///rampart-bot.sqlite3"
     http_host: str = "127.0.0.1"
     http_port: int = 9108
+    # Separate listener for the operator API (/api/*); None = the API shares the http listener.
+    operator_host: str = "127.0.0.1"
+    operator_port: int | None = None
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     log_level: str = "INFO"
@@ -220,6 +226,16 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> BotConfig:
                     raise ConfigError(f"{where}: expected a table")
                 cfg.http_host = _typed(f"{where}.host", value.get("host", cfg.http_host), str)
                 cfg.http_port = _typed(f"{where}.port", value.get("port", cfg.http_port), int)
+            elif key == "operator":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{where}: expected a table")
+                unknown = set(value) - {"host", "port"}
+                if unknown:
+                    raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+                if "port" not in value:
+                    raise ConfigError(f"{where}.port: missing (an [operator] table needs a port)")
+                cfg.operator_host = _typed(f"{where}.host", value.get("host", cfg.operator_host), str)
+                cfg.operator_port = _typed(f"{where}.port", value["port"], int)
             else:
                 raise ConfigError(f"{where}: unknown key")
     except ConfigError as exc:
@@ -238,12 +254,14 @@ def _risk(where: str, value: Any, base: RiskLimits) -> tuple[RiskLimits, bool]:
     unknown = set(value) - known
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+    # Keys not given keep the base limits (already Decimals); only given values are parsed.
+    def dec(key: str) -> Decimal:
+        return _dec(f"{where}.{key}", value[key]) if key in value else getattr(base, key)
+
     limits = RiskLimits(
-        max_position=_dec(f"{where}.max_position", value.get("max_position", base.max_position)),
-        max_exposure=_dec(f"{where}.max_exposure", value.get("max_exposure", base.max_exposure)),
-        daily_loss_limit=_dec(
-            f"{where}.daily_loss_limit", value.get("daily_loss_limit", base.daily_loss_limit)
-        ),
+        max_position=dec("max_position"),
+        max_exposure=dec("max_exposure"),
+        daily_loss_limit=dec("daily_loss_limit"),
         max_orders_per_second=_typed(
             f"{where}.max_orders_per_second",
             value.get("max_orders_per_second", base.max_orders_per_second),
@@ -270,6 +288,12 @@ def validate(cfg: BotConfig, source: str) -> None:
         raise ConfigError(f"{source}: venue.order_resp_type: must be ACK, RESULT or FULL")
     if cfg.venue.rules_refresh_s <= 0:
         raise ConfigError(f"{source}: venue.rules_refresh_s: must be positive")
+    if cfg.venue.ca_file:
+        try:
+            venue_ssl_context(cfg.venue)
+        except (OSError, ssl.SSLError) as exc:
+            why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "not a PEM CA bundle"
+            raise ConfigError(f"{source}: venue.ca_file: {cfg.venue.ca_file}: cannot load: {why}") from None
     if cfg.secrets.provider not in ("credentials", "vault", "dotenv"):
         raise ConfigError(f"{source}: secrets.provider: must be credentials, vault or dotenv")
     if cfg.secrets.provider == "vault":
@@ -280,6 +304,15 @@ def validate(cfg: BotConfig, source: str) -> None:
         raise ConfigError(f"{source}: database.url: only sqlite:// and postgresql+psycopg:// are supported")
     if not 0 < cfg.http_port < 65536:
         raise ConfigError(f"{source}: http.port: must be in 1..65535")
+    if cfg.operator_port is not None:
+        if not 0 < cfg.operator_port < 65536:
+            raise ConfigError(f"{source}: operator.port: must be in 1..65535")
+        if not cfg.operator_host:
+            raise ConfigError(f"{source}: operator.host: must not be empty")
+        if (cfg.operator_host, cfg.operator_port) == (cfg.http_host, cfg.http_port):
+            raise ConfigError(
+                f"{source}: operator: {cfg.operator_host}:{cfg.operator_port} is the http listener itself"
+            )
     if cfg.limits.max_orders_per_second <= 0:
         raise ConfigError(f"{source}: risk.max_orders_per_second: must be positive")
     prefix = cfg.runtime.client_id_prefix
@@ -294,6 +327,14 @@ def validate(cfg: BotConfig, source: str) -> None:
         raise ConfigError(f"{source}: runtime.max_connects_per_5min: must be in 1..300")
     if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{source}: log_level: must be DEBUG, INFO, WARNING or ERROR")
+
+
+def venue_ssl_context(venue: VenueConfig) -> ssl.SSLContext | bool:
+    """TLS verification for venue REST and WebSocket: the configured CA bundle only, or (True) the
+    system trust store. Hostname checking stays on either way."""
+    if not venue.ca_file:
+        return True
+    return ssl.create_default_context(cafile=venue.ca_file)
 
 
 def load_config(path: str | Path) -> BotConfig:

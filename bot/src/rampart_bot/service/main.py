@@ -14,6 +14,7 @@ from ..adapters.secrets import REQUIRED_SECRETS, SecretsError, SecretsProvider, 
 from .config import BotConfig, ConfigError, load_config, parse_config
 from .logs import setup_logging
 from .runtime import BotRuntime, provider_for
+from .sdnotify import Notifier
 
 log = logging.getLogger("rampart_bot")
 
@@ -101,11 +102,21 @@ async def _serve(cfg: BotConfig, provider: SecretsProvider, with_sim: bool, chec
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # The HTTP listener(s) are bound and serving now: tell systemd (Type=notify) and start the
+    # watchdog pings. READY means "serving", not "ready to trade" (that is /readyz).
+    notifier = Notifier()
+    notifier.ready()
+    if notifier.enabled:
+        log.info("sd_notify READY sent", extra={"watchdog_interval_s": notifier.watchdog_s})
     await stop.wait()
     log.info("shutting down")
-    await runtime.stop()
-    if sim is not None:
-        await sim.stop()
+    notifier.stopping()
+    try:
+        await runtime.stop()
+        if sim is not None:
+            await sim.stop()
+    finally:
+        await notifier.close()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from ..adapters.secrets import (
     VaultProvider,
 )
 from .app import build_app
-from .config import BotConfig
+from .config import BotConfig, venue_ssl_context
 from .engine import Engine
 
 log = logging.getLogger("rampart_bot")
@@ -43,6 +43,14 @@ def provider_for(cfg: BotConfig) -> SecretsProvider:
     return CredentialsDirProvider(s.credentials_dir or None)
 
 
+async def _bind(site: web.TCPSite, what: str) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        # Name the listener: with two of them "address already in use" alone is ambiguous.
+        raise OSError(exc.errno, f"{what} listener {site.name}: {exc.strerror or exc}") from None
+
+
 @dataclass
 class BotRuntime:
     cfg: BotConfig
@@ -53,6 +61,8 @@ class BotRuntime:
     runner: web.AppRunner
     port: int
     provider: SecretsProvider | None = None
+    operator_runner: web.AppRunner | None = None
+    operator_port: int | None = None  # bound port of the separate operator listener, if configured
 
     @classmethod
     async def start(
@@ -61,6 +71,7 @@ class BotRuntime:
         secrets: dict[str, Secret],
         http_port: int | None = None,
         provider: SecretsProvider | None = None,
+        operator_port: int | None = None,
     ) -> BotRuntime:
         missing = [n for n in REQUIRED_SECRETS if n not in secrets]
         if missing:
@@ -68,7 +79,8 @@ class BotRuntime:
         store = Store(cfg.database_url)
         store.migrate()
         # One connection per host is plenty; keep-alive is what makes order round trips fast.
-        connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
+        # The one session carries REST and both WebSockets, so its TLS setting covers all venue traffic.
+        connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300, ssl=venue_ssl_context(cfg.venue))
         session = aiohttp.ClientSession(connector=connector)
         rest = BinanceRest(
             session,
@@ -84,20 +96,47 @@ class BotRuntime:
         if isinstance(provider, VaultProvider):
             provider.on_success = engine.breakers["vault"].success
             provider.on_failure = engine.breakers["vault"].failure
+        token = secrets["operator_token"]
+        separate = cfg.operator_port is not None
+        # With an [operator] listener the API leaves the metrics port entirely (and vice versa), so each
+        # port can be firewalled for its own audience (monitoring vs. management plane).
         runner = web.AppRunner(
-            build_app(engine, secrets["operator_token"]), access_log=None, handle_signals=False
+            build_app(engine, token, operator=not separate), access_log=None, handle_signals=False
         )
         await runner.setup()
         site = web.TCPSite(runner, cfg.http_host, cfg.http_port if http_port is None else http_port)
-        await site.start()
-        port = runner.addresses[0][1]
+        op_runner: web.AppRunner | None = None
+        op_port: int | None = None
+        try:
+            await _bind(site, "http")
+            port = runner.addresses[0][1]
+            if separate:
+                op_runner = web.AppRunner(
+                    build_app(engine, token, public=False), access_log=None, handle_signals=False
+                )
+                await op_runner.setup()
+                wanted = cfg.operator_port if operator_port is None else operator_port
+                await _bind(web.TCPSite(op_runner, cfg.operator_host, wanted), "operator")
+                op_port = op_runner.addresses[0][1]
+        except BaseException:
+            await runner.cleanup()
+            if op_runner is not None:
+                await op_runner.cleanup()
+            await session.close()
+            store.close()
+            raise
         await engine.start(session)
-        log.info("rampart-bot started", extra={"http_port": port, "mode": cfg.mode, "db": store.dialect})
-        return cls(cfg, secrets, session, store, engine, runner, port, provider)
+        log.info(
+            "rampart-bot started",
+            extra={"http_port": port, "operator_port": op_port, "mode": cfg.mode, "db": store.dialect},
+        )
+        return cls(cfg, secrets, session, store, engine, runner, port, provider, op_runner, op_port)
 
     async def stop(self) -> None:
         await self.engine.shutdown()
         await self.runner.cleanup()
+        if self.operator_runner is not None:
+            await self.operator_runner.cleanup()
         await self.session.close()
         if self.provider is not None:
             await self.provider.close()

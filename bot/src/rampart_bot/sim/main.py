@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -48,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--weight-limit", type=int, default=6000, help="REQUEST_WEIGHT per minute before 429 (Binance: 6000)"
     )
+    parser.add_argument("--tls-cert", help="PEM server certificate (chain); with --tls-key serves https/wss")
+    parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     args = parser.parse_args(argv)
+    try:
+        tls = _tls_context(args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        print(f"rampart-exchange-sim: {exc}", file=sys.stderr)
+        return 2
     setup_logging("INFO")
     try:
         key = _read_secret(args.api_key_file, "sim_api_key")
@@ -72,14 +80,39 @@ def main(argv: list[str] | None = None) -> int:
     if control_token is None:
         log.warning("no control token: POST /sim/control is disabled")
     try:
-        asyncio.run(_serve(args, key, secret, control_token))
+        asyncio.run(_serve(args, key, secret, control_token, tls))
     except OSError as exc:
         print(f"rampart-exchange-sim: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return 4
     return 0
 
 
-async def _serve(args: argparse.Namespace, key: str, secret: str, control_token: str | None) -> None:
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """Server TLS context from --tls-cert/--tls-key (both or neither); ValueError with one line."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key must be given together")
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{flag} {path}: cannot read: {exc.strerror}") from None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc).splitlines()[0]
+        msg = f"--tls-cert {cert} / --tls-key {key}: not a matching PEM cert and key: {reason}"
+        raise ValueError(msg) from None
+    return ctx
+
+
+async def _serve(
+    args: argparse.Namespace, key: str, secret: str, control_token: str | None, tls: ssl.SSLContext | None
+) -> None:
     from .server import default_exchange
 
     sim = SimServer(
@@ -90,8 +123,8 @@ async def _serve(args: argparse.Namespace, key: str, secret: str, control_token:
         control_token=control_token,
         weight_limit=args.weight_limit,
     )
-    port = await sim.start(args.host, args.port)
-    log.info("exchange simulator listening", extra={"host": args.host, "port": port})
+    port = await sim.start(args.host, args.port, ssl_context=tls)
+    log.info("exchange simulator listening", extra={"host": args.host, "port": port, "tls": tls is not None})
     print(f"READY {port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

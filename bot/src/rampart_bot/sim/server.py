@@ -27,6 +27,7 @@ import hmac
 import logging
 import math
 import secrets
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -213,6 +214,7 @@ class SimServer:
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.port = 0
+        self.tls = False
         self.control = ControlEndpoint(self, control_token)
         self.app = web.Application(middlewares=[self._api_middleware])
         self.app.add_routes(
@@ -247,10 +249,14 @@ class SimServer:
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> int:
+        """Serve REST and WebSocket on one port; over TLS (https/wss) when ssl_context is given."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        self.tls = ssl_context is not None
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
         if self.tick_interval_s > 0:
@@ -259,11 +265,11 @@ class SimServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
         if self._ticker is not None:
