@@ -136,7 +136,9 @@ out["suid"] = run("find / -xdev \\( -perm -4000 -o -perm -2000 \\) -type f -prin
 out["trust_files"] = run("find / -xdev \\( -name .rhosts -o -name hosts.equiv -o -name .netrc -o -name .shosts"
                          " -o -name shosts.equiv \\) -print 2>/dev/null")["out"].split()
 out["world_writable_etc"] = run("find /etc -xdev -type f -perm -0002 -print 2>/dev/null")["out"].split()
-out["unowned"] = run("find / -xdev \\( -nouser -o -nogroup \\) -print 2>/dev/null | head -20")["out"].split()
+# /var/lib/private holds systemd DynamicUser= state (journal-upload): its UIDs exist only while the unit runs.
+out["unowned"] = run("find / -xdev -path /var/lib/private -prune -o \\( -nouser -o -nogroup \\) -print 2>/dev/null"
+                     " | head -20")["out"].split()
 out["path"] = os.environ.get("PATH", "")
 out["cpu_flags"] = next((l.split(":", 1)[1].split() for l in (read("/proc/cpuinfo") or "").splitlines()
                          if l.startswith("flags")), [])

@@ -64,7 +64,7 @@ def sftp_running(facts: Facts) -> None:
     assert unit.get("ActiveState") == "active", f"rampart-backup-sshd is {unit.get('ActiveState')}"
     assert unit.get("UnitFileState") == "enabled", f"rampart-backup-sshd is {unit.get('UnitFileState')}"
     want = _view(facts).listens["backup_sftp"]
-    tcp = [(a, p) for proto, a, p in facts.listening() if proto == "tcp" and p == want.port]
+    tcp = [(a, p) for proto, a, p in facts.listening if proto == "tcp" and p == want.port]
     assert tcp == [(str(want.address), want.port)], f"listening on {tcp}, want {want.address}:{want.port} only"
 
 

@@ -16,7 +16,9 @@ SECRET_FILES = {
     "/etc/vault.d": ("vault", "vault", 0o750),
     "/etc/postgresql": ("postgres", "postgres", 0o755),
     "/etc/restic": ("root", "root", 0o700),
-    "/etc/rampart": ("root", "root", 0o750),
+    "/etc/rampart": ("root", "root", 0o755),  # public material (certificates, peer names); keys below
+    "/etc/rampart/pki/journal-upload.key": ("root", "root", 0o600),
+    "/etc/rampart/pki/journal-remote.key": ("root", "root", 0o600),
 }
 
 

@@ -35,7 +35,7 @@ def _ca_path(facts: Facts) -> str:
 def _listen(facts: Facts) -> tuple[str, int]:
     want = [(addr, port) for proto, port, addr in facts.expected_listen if proto == "tcp" and port == 8200]
     assert want, "the topology declares no vault listener on this host"
-    return want[0][1], want[0][0]
+    return want[0]
 
 
 def _pem_certs(text: str) -> list[x509.Certificate]:
@@ -63,7 +63,8 @@ def listens_only_where_declared(facts: Facts) -> None:
 
 
 @control("rampart-vault-03", "TLS on; the certificate is valid, chains to the platform CA and names the listen "
-         "address; the live listener verifies against the CA", applies=_vault, read=[CONFIG, CERT])
+         "address; the live listener verifies against the CA", applies=_vault,
+         read=[CONFIG, CERT, *(f"/usr/local/share/ca-certificates/rampart-{env}-ca.crt" for env in ("lab", "prod"))])
 def tls(facts: Facts) -> None:
     config = facts.file(CONFIG) or ""
     assert "tls_cert_file" in config and "tls_disable" not in config, f"{CONFIG}: TLS is not on"
