@@ -9,7 +9,7 @@ UNIT = "/etc/systemd/system/rampart-bot.service"
 CONFIG = "/etc/rampart-bot/bot.toml"
 CREDENTIALS_DIR = "/etc/rampart-bot/credentials"
 CREDENTIALS = [f"{CREDENTIALS_DIR}/{name}" for name in
-               ("api_key", "api_secret", "operator_token", "vault_role_id", "vault_secret_id")]
+               ("api_key", "api_secret", "operator_token", "vault_role_id", "vault_secret_id", "pgpass")]
 RELEASE_DIRS = ["/opt/rampart-bot", "/opt/rampart-bot/releases"]
 USER = "rampart-bot"
 # Settings the unit must carry (key -> required value; None = present with an empty value).
