@@ -189,6 +189,8 @@ def run(name: str, env: str, root: Path, extra_vars: list[str] | None = None,
         result_file = Path(tmp) / "result.json"
         args = [*cmd, "-i", str(inventory), str(playbook), "-e", f"drill_result_file={result_file}",
                 "-e", f"drill_key={drill.key}"]
+        if (inventory / "group_vars" / "all" / "secrets.yml").exists():  # the environment's ansible-vault secrets
+            args += ["--vault-id", f"{env}@{root / 'scripts' / 'vault-pass-client.py'}"]
         for item in extra_vars or []:
             args += ["-e", item]
         print(f"== drill {drill.key} ({drill.slug}): {drill.title}", flush=True)
