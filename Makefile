@@ -38,8 +38,6 @@ lint: setup
 	@echo "== yamllint"; $(BIN)/yamllint -s .
 	@echo "== ansible syntax"; $(BIN)/ansible-playbook -i inventory/$(ENV) --syntax-check playbooks/*.yml playbooks/drills/*.yml >/dev/null && echo ok
 	@echo "== ansible-lint (production profile)"; $(BIN)/ansible-lint --offline -q --profile production
-	@echo "== secret scan (detect-secrets; reviewed findings in .secrets.baseline)"; \
-		git ls-files -z | xargs -0 $(BIN)/detect-secrets-hook --baseline .secrets.baseline && echo ok
 
 unit: setup
 	@echo "== unit tests (topology, rendering, Pulumi mocks)"; scripts/pytest.sh tests/unit tests/pulumi
