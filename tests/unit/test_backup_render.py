@@ -27,9 +27,9 @@ def validate(role: str, text: str, tmp_path, name: str, load: str) -> subprocess
                           check=False)
 
 
-def client_config(**listens) -> dict:
+def client_config(extra: dict | None = None, **listens) -> dict:
     return json.loads(render("backup_client", "config.json.j2", rampart_host=host_view("db01", **listens),
-                             backup_repository_passwords={"db01": CANARY}))
+                             backup_repository_passwords={"db01": CANARY}, **(extra or {})))
 
 
 def test_jobs_follow_what_the_host_runs():
@@ -38,7 +38,9 @@ def test_jobs_follow_what_the_host_runs():
     assert set(pg["jobs"]) == {"config", "postgres"}
     assert pg["jobs"]["postgres"]["kind"] == "stream"
     assert pg["jobs"]["postgres"]["command"][-3:] == ["-Fc", "--no-password", "rampart"]
-    vault = client_config(vault={"address": "10.0.4.5", "port": 8200})
+    # Vault snapshots need a token with the snapshot capability: without one the job is not set up.
+    assert "vault" not in client_config(vault={"address": "10.0.4.5", "port": 8200})["jobs"]
+    vault = client_config({"backup_client_vault_token": CANARY}, vault={"address": "10.0.4.5", "port": 8200})
     job = vault["jobs"]["vault"]
     assert job["kind"] == "snapshot_file" and "{output}" in job["command"]
     assert job["home"] == "/etc/rampart-backup/vault"

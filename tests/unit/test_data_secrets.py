@@ -44,9 +44,9 @@ def test_first_run_creates_password_and_encrypted_secrets_without_printing_them(
     assert stat.S_IMODE((repo / ".secrets/lab").stat().st_mode) == 0o700
     values = decrypt(repo)
     assert set(values) == {"secret_postgres_bot_password", "secret_postgres_exporter_password",
-                           "secret_bot_operator_token", "secret_lab_exchange_api_key",
-                           "secret_lab_exchange_api_secret"}
-    assert len(set(values.values())) == 5 and all(len(v) >= 32 for v in values.values())
+                           "secret_bot_operator_token", "secret_backup_master", "secret_lab_exchange_api_key",
+                           "secret_lab_exchange_api_secret", "secret_lab_sim_control_token"}
+    assert len(set(values.values())) == 7 and all(len(v) >= 32 for v in values.values())
     for v in values.values():
         assert v not in proc.stdout + proc.stderr
     assert "added secret_postgres_bot_password" in proc.stdout
