@@ -304,6 +304,13 @@ class Topology:
             )
         return views
 
+    def own_source(self, rule: Rule) -> ipaddress.IPv4Address | ipaddress.IPv4Network:
+        """The source address as the sending host itself writes it (the gateway NATs egress afterwards)."""
+        if rule.path.nat:
+            src = self.hosts[rule.path.source]
+            return src.addresses[src.zone]
+        return rule.path.src_address
+
     def controller_ssh_sessions(self, host: str) -> list[Rule]:
         """The rules that let the controller SSH to ``host`` (the firewall keeps these sessions alive)."""
         return [r for r in self.inbound(host)

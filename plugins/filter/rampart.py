@@ -42,14 +42,6 @@ def _comment(rule: Rule) -> str:
     return text.replace('"', "'")[:120]
 
 
-def _own_source(topo: Topology, rule: Rule):
-    """The source address as the sending host itself writes it (before the gateway NATs it)."""
-    if rule.path.nat:
-        src = topo.hosts[rule.path.source]
-        return src.addresses[src.zone]
-    return rule.path.src_address
-
-
 def _unique(items: list[dict]) -> list[dict]:
     seen, out = set(), []
     for item in items:
@@ -81,14 +73,14 @@ def rampart_firewall(topology_file: str, host: str, vpn_interface: str = "wg0") 
     inbound = [entry(r, r.path.src_address,
                      iif=_iface(topo, r.path.in_zone if is_gateway else r.endpoint.zone, vpn_interface))
                for r in topo.inbound(host)]
-    outbound = [entry(r, _own_source(topo, r)) for r in topo.outbound(host)]
+    outbound = [entry(r, topo.own_source(r)) for r in topo.outbound(host)]
     forward, nat = [], []
     if is_gateway:
         for r in topo.forwarded():
-            forward.append(entry(r, _own_source(topo, r), iif=_iface(topo, r.path.in_zone, vpn_interface),
+            forward.append(entry(r, topo.own_source(r), iif=_iface(topo, r.path.in_zone, vpn_interface),
                                  oif=_iface(topo, r.path.out_zone, vpn_interface)))
             if r.path.nat:
-                nat.append(entry(r, _own_source(topo, r), oif=_iface(topo, r.path.out_zone, vpn_interface),
+                nat.append(entry(r, topo.own_source(r), oif=_iface(topo, r.path.out_zone, vpn_interface),
                                  to=str(r.path.src_address)))
     return {
         "host": host,

@@ -111,14 +111,6 @@ def _matches(facts: Facts, chain: str) -> set[tuple[str, str, str, int]]:
     return have
 
 
-def _own_source(topo, rule) -> str:
-    """The source address as the sending host writes it (the gateway NATs egress afterwards)."""
-    if rule.path.nat:
-        src = topo.hosts[rule.path.source]
-        return str(src.addresses[src.zone])
-    return str(rule.path.src_address)
-
-
 def _expect(rules, source) -> set[tuple[str, str, str, int]]:
     return {(source(r), str(r.endpoint.address), r.endpoint.proto, r.endpoint.port) for r in rules}
 
@@ -134,7 +126,7 @@ def inbound_matches_topology(facts: Facts) -> None:
 @control("rampart-fw-10", "Outbound accepts match the topology's declared flows exactly", applies=_platform)
 def outbound_matches_topology(facts: Facts) -> None:
     topo = facts.topology
-    want = _expect(topo.outbound(facts.name), lambda r: _own_source(topo, r))
+    want = _expect(topo.outbound(facts.name), lambda r: str(topo.own_source(r)))
     have = _matches(facts, "output")
     assert have == want, f"missing: {sorted(want - have)}; undeclared: {sorted(have - want)}"
 
@@ -143,7 +135,7 @@ def outbound_matches_topology(facts: Facts) -> None:
          applies=lambda facts: facts.router)
 def forward_matches_topology(facts: Facts) -> None:
     topo = facts.topology
-    want = _expect(topo.forwarded(), lambda r: _own_source(topo, r))
+    want = _expect(topo.forwarded(), lambda r: str(topo.own_source(r)))
     have = _matches(facts, "forward")
     assert have == want, f"missing: {sorted(want - have)}; undeclared: {sorted(have - want)}"
 
