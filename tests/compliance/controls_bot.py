@@ -8,8 +8,11 @@ from compliance_core import Facts, control, describe, mode_at_most
 UNIT = "/etc/systemd/system/rampart-bot.service"
 CONFIG = "/etc/rampart-bot/bot.toml"
 CREDENTIALS_DIR = "/etc/rampart-bot/credentials"
-CREDENTIALS = [f"{CREDENTIALS_DIR}/{name}" for name in
-               ("api_key", "api_secret", "operator_token", "vault_role_id", "vault_secret_id", "pgpass")]
+# Where vault_config delivers the AppRole's role-id and secret-id (the unit loads them from there).
+CREDSTORE = "/etc/credstore"
+CREDENTIAL_DIRS = (CREDENTIALS_DIR, CREDSTORE)
+CREDENTIALS = [f"{CREDENTIALS_DIR}/{name}" for name in ("api_key", "api_secret", "operator_token", "pgpass")] + [
+    f"{CREDSTORE}/rampart-bot.{name}" for name in ("vault-role-id", "vault-secret-id")]
 RELEASE_DIRS = ["/opt/rampart-bot", "/opt/rampart-bot/releases"]
 USER = "rampart-bot"
 # Settings the unit must carry (key -> required value; None = present with an empty value).
@@ -54,17 +57,18 @@ def bot_user(facts: Facts) -> None:
 
 
 @control("rampart-bot-02", "Credential files are root-only and handed over by LoadCredential=", applies=_bot,
-         read=[UNIT], stat=[CREDENTIALS_DIR, *CREDENTIALS])
+         read=[UNIT], stat=[*CREDENTIAL_DIRS, *CREDENTIALS])
 def bot_credentials(facts: Facts) -> None:
     bad = []
-    st = facts.stat(CREDENTIALS_DIR)
-    if st is None or st["user"] != "root" or not mode_at_most(st, 0o700):
-        bad.append(f"{CREDENTIALS_DIR} is {describe(st)}, want root <= 0700")
     sources = [v.partition(":")[2] for v in _settings(facts).get("LoadCredential", [])]
     assert sources, "the unit loads no credentials"
+    for directory in sorted({d for d in CREDENTIAL_DIRS for path in sources if path.startswith(d + "/")}):
+        st = facts.stat(directory)
+        if st is None or st["user"] != "root" or not mode_at_most(st, 0o700):
+            bad.append(f"{directory} is {describe(st)}, want root <= 0700")
     for path in sources:
-        if not path.startswith(CREDENTIALS_DIR + "/"):
-            bad.append(f"credential {path} outside {CREDENTIALS_DIR}")
+        if not path.startswith(tuple(d + "/" for d in CREDENTIAL_DIRS)) or path not in CREDENTIALS:
+            bad.append(f"credential {path} is not one of the known root-only files ({', '.join(CREDENTIAL_DIRS)})")
             continue
         st = facts.stat(path)
         if st is None or not st["file"] or st["user"] != "root" or not mode_at_most(st, 0o600):

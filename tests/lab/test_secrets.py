@@ -39,12 +39,12 @@ out = {"login": status}
 if status == 200:
     token = login["auth"]["client_token"]
     out["policies"] = sorted(login["auth"]["policies"])
-    status, own = call("GET", "/v1/secret/data/bot/exchange", token)
+    status, own = call("GET", "/v1/secret/data/bot/trading", token)
     out["own"] = status
     if status == 200:
         out["own_digest"] = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in own["data"]["data"].items()}
     out["other"] = call("GET", "/v1/secret/data/monitoring/anything", token)[0]
-    out["write_own"] = call("POST", "/v1/secret/data/bot/exchange", token, {"data": {"x": "y"}})[0]
+    out["write_own"] = call("POST", "/v1/secret/data/bot/trading", token, {"data": {"x": "y"}})[0]
     out["list"] = call("LIST", "/v1/secret/metadata/", token)[0]
     out["policy_write"] = call("PUT", "/v1/sys/policies/acl/evil", token, {"policy": "path \"*\" {}"})[0]
 print(json.dumps(out))

@@ -70,7 +70,8 @@ def _unit(old: str, new: str) -> str:
     (cb.bot_credentials, lambda d: d["stat"].update({cb.CREDENTIALS_DIR: _st(mode=0o755, file=False)}),
      "credentials is root:root 0755"),
     (cb.bot_credentials, lambda d: d["files"].update(
-        {cb.UNIT: _unit("api_key:/etc/rampart-bot/credentials/api_key", "api_key:/tmp/api_key")}), "outside"),
+        {cb.UNIT: _unit("api_key:/etc/rampart-bot/credentials/api_key", "api_key:/tmp/api_key")}),
+     "not one of the known"),
     (cb.bot_no_secret_in_unit, lambda d: d["files"].update(
         {cb.UNIT: _unit("[Service]\n", "[Service]\nEnvironment=API_SECRET=x\n")}), r"sets \['Environment'\]"),
     (cb.bot_no_secret_in_unit, lambda d: d["files"].update(

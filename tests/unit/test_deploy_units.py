@@ -27,6 +27,8 @@ VIEW = {  # the lab's bot01 and exchange as the host view shows them
     "bot_venue_ws_url": "wss://10.77.0.178:9443",
     "bot_database_url": "sqlite:////var/lib/rampart-bot/bot.sqlite3",
     "bot_credential_names": ["api_key", "api_secret", "operator_token"],
+    "_bot_credential_files_all": {n: f"/etc/rampart-bot/credentials/{n}" for n in ("api_key", "api_secret",
+                                                                                    "operator_token")},
     "_bot_ip_allow": ["10.77.0.178", "10.77.10.136", "10.77.10.80", "10.77.20.80", "10.77.30.88"],
     "exchange_sim_listen": {"address": "10.77.0.178", "port": 9443},
     "exchange_sim_credential_names": ["sim_api_key", "sim_api_secret", "sim_control_token"],
@@ -99,9 +101,20 @@ def test_the_bot_unit_has_the_hardening_and_no_secret():
     assert "Type=exec" in plain.splitlines() and "WatchdogSec" not in plain
 
 
-def test_vault_provider_hands_over_only_the_approle():
-    unit = render("bot", "rampart-bot.service.j2", bot_credential_names=["vault_role_id", "vault_secret_id"])
-    assert re.findall(r"^LoadCredential=(\w+):", unit, re.M) == ["vault_role_id", "vault_secret_id"]
+def test_vault_provider_hands_over_only_the_approle_from_where_vault_config_delivers_it():
+    # The role's derived vars, evaluated by Ansible's own templating (the filters are Ansible's).
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    values = _vars("bot", bot_secrets_provider="vault", bot_extra_credential_names=["pgpass"])
+    derived = yaml.safe_load((ROOT / "roles/bot/vars/main.yml").read_text())
+    values.update({key: trust_as_template(value) for key, value in derived.items()})
+    files = Templar(loader=DataLoader(), variables=values).template(values["_bot_credential_files_all"])
+    unit = render("bot", "rampart-bot.service.j2", _bot_credential_files_all=files)
+    assert re.findall(r"^LoadCredential=(\S+)$", unit, re.M) == [
+        "pgpass:/etc/rampart-bot/credentials/pgpass",
+        "vault_role_id:/etc/credstore/rampart-bot.vault-role-id",
+        "vault_secret_id:/etc/credstore/rampart-bot.vault-secret-id"]
 
 
 @needs_analyze
