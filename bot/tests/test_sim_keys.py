@@ -21,6 +21,7 @@ pytestmark = pytest.mark.asyncio
 AUTH = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
 NEW_KEY = "sim-test-key-2"
 NEW_SECRET = "sim-test-secret-2"
+UNKNOWN_KEY = f"{NEW_KEY}-never-added"
 INVALID_KEY = {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}
 
 
@@ -138,20 +139,28 @@ async def test_websocket_api_subscription_takes_any_active_key(paused_sim: SimSe
 
 async def test_bad_key_requests_are_400_and_change_nothing(paused_sim: SimServer, http) -> None:  # noqa: F811
     sim = paused_sim
-    secret_values = ("s3cr3t-value", "other-secret", NEW_SECRET)
+    echoed = (KEY, NEW_KEY, NEW_SECRET, UNKNOWN_KEY)  # replies name fields, never values
     refusals = {
         # The only key cannot be retired: the account would be locked out.
         "last active key": {"action": "retire_api_key", "api_key": KEY},
         "not an active key": {"action": "retire_api_key", "api_key": NEW_KEY},
         "needs 'api_secret'": {"action": "add_api_key", "api_key": NEW_KEY},
         "needs 'api_key'": {"action": "add_api_key", "api_secret": NEW_SECRET},
-        "visible ASCII": {"action": "add_api_key", "api_key": "has space", "api_secret": "s3cr3t-value"},
-        "1 to 512": {"action": "add_api_key", "api_key": "k" * 513, "api_secret": "s3cr3t-value"},
+        "visible ASCII": {
+            "action": "add_api_key",
+            "api_key": NEW_KEY.replace("-", " "),
+            "api_secret": NEW_SECRET,
+        },
+        "1 to 512": {"action": "add_api_key", "api_key": "k" * 513, "api_secret": NEW_SECRET},
         "needs 'api_secret': 1": {"action": "add_api_key", "api_key": NEW_KEY, "api_secret": ""},
         "needs 'api_key': 1": {"action": "retire_api_key", "api_key": 7},
-        "only for action(s) 'add_api_key'": {"action": "retire_api_key", "api_key": KEY, "api_secret": "x"},
+        "only for action(s) 'add_api_key'": {
+            "action": "retire_api_key",
+            "api_key": KEY,
+            "api_secret": NEW_SECRET,
+        },
         "only for action(s) 'add_api_key', 'retire_api_key'": {"action": "step", "api_key": NEW_KEY},
-        "different secret": {"action": "add_api_key", "api_key": KEY, "api_secret": "other-secret"},
+        "different secret": {"action": "add_api_key", "api_key": KEY, "api_secret": NEW_SECRET},
         # A bad fault beside a good key change stops both, and a bad key change stops the faults.
         "unknown fault 'nope'": {
             "action": "add_api_key",
@@ -161,14 +170,14 @@ async def test_bad_key_requests_are_400_and_change_nothing(paused_sim: SimServer
         },
         "'api_key' is not an active key": {
             "action": "retire_api_key",
-            "api_key": "never-added",
+            "api_key": UNKNOWN_KEY,
             "faults": {"ban_next": 1},
         },
     }
     for words, body in refusals.items():
         status, reply = await control(http, sim, body)
         assert status == 400 and words in reply["error"], (words, reply)
-        assert not any(v in reply["error"] for v in secret_values), reply
+        assert not any(v in reply["error"] for v in echoed), reply
     assert sim.active_api_keys == 1 and sim.faults.ban_next == 0
     assert (await account(http, sim, KEY, SECRET))[0] == 200
     assert (await account(http, sim, NEW_KEY, NEW_SECRET))[1] == INVALID_KEY
