@@ -56,8 +56,9 @@ async def call(
     params: dict[str, Any] | None = None,
     signed: bool = True,
     key: str | None = KEY,
+    secret: str = SECRET,
 ) -> tuple[int, Any, dict[str, str]]:
-    query = signed_query(params or {}) if signed else urlencode(params or {})
+    query = signed_query(params or {}, secret) if signed else urlencode(params or {})
     headers = {"X-MBX-APIKEY": key} if key else {}
     # yarl must not re-encode what was signed (it would turn %3A back into ':'): pass it as encoded.
     url = yarl.URL(f"{sim.base_url}{path}?{query}" if query else f"{sim.base_url}{path}", encoded=True)

@@ -17,6 +17,9 @@ What Binance documents and the simulator does too:
   `{"subscriptionId": n, "event": ...}`), which is how Binance serves it today, and the legacy listen
   key (`POST|PUT|DELETE /api/v3/userDataStream`, then `/ws/<listenKey>`), which Binance retired on
   2026-02-20 but many clients (and binance-connector 3.x) still use.
+* An account holds several API keys at once: any active key signs, and orders and listen keys belong
+  to the account, not to the key that made them (so a key can be rotated while the bot trades). Keys
+  are added and retired through /sim/control; a retired key gets 401/-2015 like an unknown one.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from urllib.parse import unquote_plus
 import orjson
 from aiohttp import WSMsgType, web
 
-from .control import ControlEndpoint
+from .control import ControlEndpoint, digest
 from .exchange import Exchange, PriceProcess, SimError, SimSymbol, int_param
 
 log = logging.getLogger(__name__)
@@ -188,8 +191,8 @@ class SimServer:
         order_limit_10s: int = ORDER_LIMIT_10S,
         order_limit_1d: int = ORDER_LIMIT_1D,
     ) -> None:
-        self.api_key = api_key
-        self._secret = api_secret.encode()
+        # sha256(key) -> secret: the keys are only ever compared as digests, in constant time.
+        self._api_keys: dict[bytes, bytes] = {digest(api_key): api_secret.encode()}
         self.exchange = exchange or default_exchange()
         self.faults = Faults()
         self.tick_interval_s = tick_interval_s
@@ -279,9 +282,53 @@ class SimServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    # -- API keys (the control endpoint and tests call these) ------------------------------------
+    @property
+    def active_api_keys(self) -> int:
+        return len(self._api_keys)
+
+    def secret_for(self, api_key: str) -> bytes | None:
+        """The secret of an active key, else None. Every active key is compared, without stopping
+        at a match, so the time taken tells nothing about which key matched or how closely."""
+        probe = digest(api_key)
+        found: bytes | None = None
+        for key_digest, secret in self._api_keys.items():
+            if hmac.compare_digest(probe, key_digest):
+                found = secret
+        return found
+
+    def check_api_key_change(self, api_key: str, api_secret: str | None) -> None:
+        """ValueError (never naming a key or secret) if add (with a secret) or retire (without) would
+        fail; the caller checks first so that a refused request changes nothing."""
+        known = self.secret_for(api_key)
+        if api_secret is not None:
+            if known is not None and not hmac.compare_digest(
+                hashlib.sha256(known).digest(), digest(api_secret)
+            ):
+                raise ValueError("'api_key' is already active with a different secret; retire it first")
+        elif known is None:
+            raise ValueError("'api_key' is not an active key")
+        elif len(self._api_keys) == 1:
+            raise ValueError("'api_key' is the last active key; add its successor before retiring it")
+
+    def add_api_key(self, api_key: str, api_secret: str) -> bool:
+        """Accept another key pair; False if it was already active (a re-run changes nothing)."""
+        self.check_api_key_change(api_key, api_secret)
+        if self.secret_for(api_key) is not None:
+            return False
+        self._api_keys[digest(api_key)] = api_secret.encode()
+        log.info("API key added", extra={"active_keys": len(self._api_keys)})
+        return True
+
+    def retire_api_key(self, api_key: str) -> None:
+        """Stop accepting a key. Its orders and the account's listen keys stay: they are the account's."""
+        self.check_api_key_change(api_key, None)
+        del self._api_keys[digest(api_key)]
+        log.info("API key retired", extra={"active_keys": len(self._api_keys)})
+
     # -- fault API (tests call these directly) ---------------------------------------------------
-    def set_faults(self, **changes: Any) -> None:
-        """Change faults; all or nothing: one bad name or type changes none of them."""
+    def check_faults(self, **changes: Any) -> dict[str, Any]:
+        """The changes, typed as declared; ValueError for an unknown name or a wrong type."""
         kinds = {f.name: type(getattr(self.faults, f.name)) for f in fields(Faults)}
         checked: dict[str, Any] = {}
         for key, value in changes.items():
@@ -293,7 +340,11 @@ class SimServer:
             if type(value) is not kind:
                 raise ValueError(f"fault {key!r} needs a {kind.__name__}, got {type(value).__name__}")
             checked[key] = value
-        for key, value in checked.items():
+        return checked
+
+    def set_faults(self, **changes: Any) -> None:
+        """Change faults; all or nothing: one bad name or type changes none of them."""
+        for key, value in self.check_faults(**changes).items():
             setattr(self.faults, key, value)
 
     def drop_sockets(self) -> int:
@@ -529,11 +580,13 @@ class SimServer:
                 return fail(
                     400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed."
                 )
-            if params.get("apiKey") != self.api_key:
+            api_key = params.get("apiKey")
+            secret = self.secret_for(api_key) if isinstance(api_key, str) else None
+            if secret is None:
                 return fail(401, -2015, "Invalid API-key, IP, or permissions for action.")
             # WebSocket API payload: every parameter but the signature, sorted by name.
             payload = "&".join(f"{k}={params[k]}" for k in sorted(params) if k != "signature")
-            expected = hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()
+            expected = hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()
             if not hmac.compare_digest(given.lower().encode(), expected.encode()):
                 return fail(400, -1022, "Signature for this request is not valid.")
             ts = params.get("timestamp")
@@ -717,7 +770,7 @@ class SimServer:
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
             refused = self._check_key(request)
-            if refused is not None:
+            if isinstance(refused, web.Response):
                 return refused
             try:
                 params: dict[str, str] = {}
@@ -730,13 +783,15 @@ class SimServer:
 
         return endpoint
 
-    def _check_key(self, request: web.Request) -> web.Response | None:
+    def _check_key(self, request: web.Request) -> web.Response | bytes:
+        """The secret of the request's X-MBX-APIKEY, or the venue's 401 for a missing or inactive key."""
         key = request.headers.get("X-MBX-APIKEY")
         if not key:
             return self._err(401, -2014, "API-key format invalid.")
-        if not hmac.compare_digest(key.encode(), self.api_key.encode()):
+        secret = self.secret_for(key)
+        if secret is None:
             return self._err(401, -2015, "Invalid API-key, IP, or permissions for action.")
-        return None
+        return secret
 
     async def _authenticate(self, request: web.Request) -> dict[str, str] | web.Response:
         """Check rate-limit faults, API key, HMAC signature and timestamp; return the parameters."""
@@ -750,9 +805,9 @@ class SimServer:
         if f.rate_limit_next > 0 and targeted:
             f.rate_limit_next -= 1
             return self._err(429, -1003, "Too many requests.", {"Retry-After": str(f.retry_after_s)})
-        refused = self._check_key(request)
-        if refused is not None:
-            return refused
+        secret = self._check_key(request)
+        if isinstance(secret, web.Response):
+            return secret
         # Binance signs the query string and the body exactly as they travel (percent-encoding
         # included), concatenated without a separator; verify over those raw bytes.
         query, q_sig = _split_signature(request.rel_url.raw_query_string)
@@ -765,7 +820,7 @@ class SimServer:
             return self._err(
                 400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed."
             )
-        expected = hmac.new(self._secret, (query + body).encode("latin-1"), hashlib.sha256).hexdigest()
+        expected = hmac.new(secret, (query + body).encode("latin-1"), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(given.lower().encode(), expected.encode()):
             return self._err(400, -1022, "Signature for this request is not valid.")
         params: dict[str, str] = {}
@@ -1036,6 +1091,7 @@ class SimServer:
                 "clients": len(self.clients),
                 "used_weight": self.used_weight,
                 "user_events_sent": self.user_events_sent,
+                "api_keys": len(self._api_keys),  # how many are active; never a key
             }
         )
 
