@@ -22,6 +22,7 @@ import os
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -202,7 +203,7 @@ def verify_restore(database: str, scratch: str) -> dict:
     return {"snapshot": snapshot_id, "backup_s": backup_s, "restore_s": restore_s, "tables": len(source),
             "rows": sum(v["rows"] for v in source.values()), "mismatched_tables": mismatched,
             "unexpected_tables": extra, "rows_lost": rows_lost,
-            "orders": source.get("public.orders", {}).get("rows")}
+            "orders": next((v["rows"] for t, v in source.items() if t.rpartition(".")[2] == "orders"), None)}
 
 
 def latest(tag: str) -> dict:
@@ -240,7 +241,7 @@ def fetch_file(snapshot: str, path: str, target: str) -> dict:
     return {"bytes": os.path.getsize(target)}
 
 
-def main(argv: list[str]) -> int:
+def run(argv: list[str]) -> dict:
     cmd, args = argv[0], argv[1:]
     if cmd == "kill-wait":
         out = kill_wait(args[0], args[1], float(args[2]))
@@ -263,9 +264,30 @@ def main(argv: list[str]) -> int:
     elif cmd == "fetch-file":
         out = fetch_file(args[0], args[1], args[2])
     else:
-        print(json.dumps({"error": f"unknown probe {cmd}"}))
-        return 2
-    print(json.dumps(out))
+        out = {"error": f"unknown probe {cmd}"}
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """Print exactly one JSON line. ansible.builtin.script runs us on a tty, where anything a child writes to
+    stderr (psql's NOTICEs, runuser's cwd complaints) would land in stdout before the JSON; so the children's
+    stderr goes to a file whose tail joins the error, and the work runs from / (a directory every user may enter)."""
+    os.chdir("/")
+    with tempfile.TemporaryFile() as errors:
+        saved = os.dup(2)
+        os.dup2(errors.fileno(), 2)
+        try:
+            out = run(argv) if argv else {"error": "no probe named"}
+        except Exception as exc:  # noqa: BLE001 - the drill reads the reason from the JSON, never a traceback
+            out = {"error": f"{argv[0]}: {type(exc).__name__}: {exc}"}
+        finally:
+            os.dup2(saved, 2)
+        if "error" in out:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace").strip()[-400:]
+            if tail:
+                out["stderr"] = tail
+    sys.stdout.write(json.dumps(out) + "\n")
     return 0 if "error" not in out else 1
 
 
