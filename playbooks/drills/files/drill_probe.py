@@ -7,7 +7,7 @@ timings are not blurred by SSH round trips. Every subcommand prints one JSON obj
   wait-down URL TIMEOUT               time until URL stops answering 200
   burst URL TOKEN_FILE STEPS SECONDS  POST {"action": "step"} to the simulator's control endpoint STEPS times
   sim-state URL                       the simulator's public counters
-  db-counts DATABASE                  the bot's orders and fills as PostgreSQL holds them (run as root)
+  db-counts DATABASE SCHEMA           the bot's orders and fills as PostgreSQL holds them (run as root)
   verify-restore DATABASE SCRATCH     dump DATABASE in one snapshot through restic, restore it into SCRATCH,
                                       compare row counts and checksums of every table (run as root)
   latest TAG                          this host's newest snapshot with TAG in its backup repository
@@ -100,14 +100,18 @@ def sim_state(url: str) -> dict:
 
 
 def psql(database: str, sql: str) -> str:
-    return subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d",
-                           database, "-c", sql], capture_output=True, text=True, check=True).stdout.strip()
+    proc = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d",
+                           database, "-c", sql], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"psql -d {database} -c {sql[:80]!r}: {proc.stderr.strip()[-300:]}")
+    return proc.stdout.strip()
 
 
-def db_counts(database: str) -> dict:
-    orders = psql(database, "SELECT count(*), count(exchange_order_id) FROM orders").split("|")
-    fills = dict(line.split("|") for line in psql(database, "SELECT symbol, count(*) FROM fills GROUP BY symbol")
-                 .splitlines() if line)
+def db_counts(database: str, schema: str) -> dict:
+    """The bot's tables live in its own schema (it owns only that one)."""
+    orders = psql(database, f'SELECT count(*), count(exchange_order_id) FROM "{schema}".orders').split("|")
+    fills = dict(line.split("|") for line in psql(database, f'SELECT symbol, count(*) FROM "{schema}".fills '
+                                                            "GROUP BY symbol").splitlines() if line)
     return {"orders": int(orders[0]), "orders_on_exchange": int(orders[1]),
             "fills": {k: int(v) for k, v in fills.items()}}
 
@@ -254,7 +258,7 @@ def run(argv: list[str]) -> dict:
     elif cmd == "sim-state":
         out = sim_state(args[0])
     elif cmd == "db-counts":
-        out = db_counts(args[0])
+        out = db_counts(args[0], args[1])
     elif cmd == "verify-restore":
         out = verify_restore(args[0], args[1])
     elif cmd == "latest":
