@@ -183,7 +183,7 @@ def test_the_gate_switches_to_a_healthy_release_and_rolls_back_a_broken_one(rele
     assert _current(root) == releases["2.0"].id
     flat = " ".join(out.split())
     assert f"release {releases['3.0'].id} failed at Wait for /readyz: /readyz answered 503" in flat, flat[-2000:]
-    assert '"feed_fresh": false' in flat and f"Rolled back to {releases['2.0'].id} (ready)" in flat
+    assert '"feed_fresh": false' in flat and f"Rolled back to {releases['2.0'].id} (ready, " in flat
 
 
 def test_a_first_release_that_never_gets_ready_is_not_left_current(releases, tmp_path, readyz):

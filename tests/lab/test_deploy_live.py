@@ -1,0 +1,162 @@
+"""Deploys on the live lab (issue 10): a new release while the simulator streams loses and duplicates nothing,
+and a release whose entry point exits is rolled back automatically, the play failing with the reason.
+
+Both releases are built by deploy.yml from a copy of bot/ that differs from the tree by one line, so they get
+their own release ids; the lab is left running the first of them (a healthy one).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from support import lab
+
+PROBE = lab.ROOT / "playbooks/drills/files/drill_probe.py"
+SCHEMA = "rampart_bot"  # the bot's schema in database rampart (roles/postgres)
+TOKEN_FILE = "/etc/rampart-exchange-sim/credentials/sim_control_token"  # noqa: S105 - a path (exchange_sim_credentials_dir)
+
+
+def _host(topo, service: str) -> str:
+    return next(h for h in lab.hosts() if service in topo.host_view(h).listens)
+
+
+def _probe(host: str, *args: str, timeout: float = 120) -> dict:
+    """Run the drills' probe on a lab host as root (its source on stdin, nothing secret in argv)."""
+    proc = lab.ssh(host, "python3 - " + " ".join(args), stdin=PROBE.read_text(), timeout=timeout)
+    assert proc.stdout.strip(), f"{host}: probe {args[0]} printed nothing: {proc.stderr[-300:]}"
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "error" not in out, f"{host}: probe {args[0]}: {out}"
+    return out
+
+
+def _release_copy(tmp_path: Path, name: str, patch=None) -> Path:
+    """A copy of bot/ with a marker line (a new source digest, so a new release id) and an optional patch."""
+    copy = tmp_path / name
+    shutil.copytree(lab.ROOT / "bot", copy, ignore=shutil.ignore_patterns("tests", ".venv", "__pycache__", "*.egg-info",
+                                                                            "build", "dist"))
+    init = copy / "src/rampart_bot/__init__.py"
+    init.write_text(init.read_text() + f"# lab deploy test {name} {uuid.uuid4().hex}\n")
+    if patch:
+        patch(copy)
+    return copy
+
+
+def _deploy(project: Path) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    proc = subprocess.run([str(lab.ROOT / ".venv/bin/ansible-playbook"), "--vault-id",
+                           "lab@scripts/vault-pass-client.py", "playbooks/deploy.yml",
+                           "-e", f"rampart_release_project={project}"],
+                          cwd=lab.ROOT, capture_output=True, text=True, timeout=900)
+    return proc, time.monotonic() - t0
+
+
+def _books(topo) -> tuple[dict, dict]:
+    """The exchange's counters, then the bot's database (read after: it stores an order before sending it)."""
+    sim = _host(topo, "exchange_api")
+    api = topo.host_view(sim).listens["exchange_api"]
+    ca = f"/usr/local/share/ca-certificates/rampart-{topo.name}-ca.crt"
+    state = json.loads(lab.ssh(sim, f"DRILL_CA_FILE={ca} python3 - sim-state https://{api.address}:{api.port}/sim/state",
+                               stdin=PROBE.read_text()).stdout.strip().splitlines()[-1])
+    db = _host(topo, "postgres")
+    sql = (f"SELECT count(exchange_order_id), count(DISTINCT exchange_order_id), "  # noqa: S608 - constants only
+           f"(SELECT count(*) FROM {SCHEMA}.fills) FROM {SCHEMA}.orders")
+    row = lab.ssh(db, f"cd / && runuser -u postgres -- psql -X -At -d rampart -c \"{sql}\"").stdout.strip().split("|")
+    return state, {"with_id": int(row[0]), "distinct_ids": int(row[1]), "fills": int(row[2])}
+
+
+def _settled(topo, timeout: float = 60) -> tuple[dict, dict]:
+    """Both books once they agree (an order the exchange accepted a moment ago may still be on its way to the
+    database); the last reading if they never do."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state, db = _books(topo)
+        agree = (state["accepted_orders"] == db["distinct_ids"] == db["with_id"]
+                 and sum(state["trades"].values()) == db["fills"])
+        if agree or time.monotonic() > deadline:
+            return state, db
+        time.sleep(2)
+
+
+def _ready(topo) -> dict:
+    bot = _host(topo, "bot_metrics")
+    http = topo.host_view(bot).listens["bot_metrics"]
+    return _probe(bot, "wait-ready", f"http://{http.address}:{http.port}/readyz", "60")
+
+
+@pytest.fixture(scope="module")
+def deployed(topo):
+    bot = _host(topo, "bot_metrics")
+    if lab.ssh(bot, "systemctl is-active rampart-bot.service").stdout.strip() != "active":
+        pytest.skip("the bot is not deployed (playbooks/deploy.yml)")
+    return bot
+
+
+def test_a_redeploy_while_the_simulator_streams_loses_and_duplicates_nothing(topo, deployed, tmp_path):
+    sim = _host(topo, "exchange_api")
+    api = topo.host_view(sim).listens["exchange_api"]
+    ca = f"/usr/local/share/ca-certificates/rampart-{topo.name}-ca.crt"
+    project = _release_copy(tmp_path, "next")
+    before_state, before_db = _settled(topo)
+    # Price steps for the whole deploy: the strategy keeps ordering while the old release drains and the new
+    # one starts.
+    burst = subprocess.Popen(["ssh", "-F", str(lab.SSH_CONFIG), sim,
+                              f"sudo sh -c 'DRILL_CA_FILE={ca} python3 - burst https://{api.address}:{api.port}"
+                              f"/sim/control {TOKEN_FILE} 900 90'"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    burst.stdin.write(PROBE.read_text())
+    burst.stdin.close()
+    time.sleep(3)
+    proc, took = _deploy(project)
+    out, err = burst.communicate(timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    switch = re.search(r"rampart-bot (\S+) ready ([\d.]+) s after the drain", proc.stdout)
+    assert switch, "the deploy did not switch to the new release:\n" + proc.stdout[-2000:]
+    steps = json.loads(out.strip().splitlines()[-1])
+    assert steps.get("steps", 0) > 0, f"the burst made no price step: {out} {err[-300:]}"
+    ready = _ready(topo)
+    state, db = _settled(topo)
+    placed = state["accepted_orders"] - before_state["accepted_orders"]
+    lost_orders = state["accepted_orders"] - db["distinct_ids"]
+    duplicated = db["with_id"] - db["distinct_ids"]
+    lost_fills = sum(state["trades"].values()) - db["fills"]
+    print(f"\nredeploy to {switch.group(1)} during {steps['steps']} price steps: switch {switch.group(2)} s "
+          f"(drain to /readyz), deploy.yml {took:.0f} s; ready again after {ready['waited_s']:.1f} s; "
+          f"{placed} orders placed meanwhile; lost orders {lost_orders}, duplicated {duplicated}, "
+          f"lost fills {lost_fills}")
+    assert placed > 0, "no order was placed during the redeploy: it proves nothing"
+    assert (lost_orders, duplicated, lost_fills) == (0, 0, 0)
+    assert float(switch.group(2)) <= 30, f"the switch took {switch.group(2)} s (target 30 s)"
+
+
+def _broken(copy: Path) -> None:
+    main = copy / "src/rampart_bot/service/main.py"
+    text = main.read_text()
+    anchor = "    args = parser.parse_args(argv)\n"
+    assert anchor in text, "service/main.py changed: update the broken-release patch"
+    main.write_text(text.replace(anchor, anchor + "    if not args.check_config:\n"
+                                 "        return _fail('lab deploy test: this release is broken on purpose', 1)\n", 1))
+
+
+def test_b_a_broken_release_is_rolled_back_and_the_play_says_why(topo, deployed, tmp_path):
+    running = lab.ssh(deployed, "readlink -f /opt/rampart-bot/current").stdout.strip()
+    project = _release_copy(tmp_path, "broken", _broken)
+    proc, took = _deploy(project)
+    flat = " ".join(proc.stdout.split())
+    back = re.search(r"Rolled back to (\S+) \(ready, ([\d.]+) s after the drain\)", flat)
+    assert proc.returncode != 0, "a release whose entry point exits was deployed without failing the play"
+    assert back, "the play failed but did not roll back:\n" + proc.stdout[-3000:]
+    assert "broken on purpose" in flat, "the play's message does not carry the service's own reason"
+    now = lab.ssh(deployed, "readlink -f /opt/rampart-bot/current").stdout.strip()
+    ready = _ready(topo)
+    print(f"\nbroken release rolled back to {back.group(1)} {back.group(2)} s after the drain "
+          f"(deploy.yml {took:.0f} s, failing as it must); /readyz green")
+    assert now == running, f"current is {now}, not the release that ran before ({running})"
+    assert ready["waited_s"] is not None
+    assert float(back.group(2)) <= 60, f"the rollback took {back.group(2)} s (target 60 s)"
