@@ -1,4 +1,5 @@
-"""Binance-Spot REST: signing, clock-offset correction and error mapping.
+"""Binance-Spot REST: signing, clock-offset correction and error mapping (`BinanceRest`), and the
+`Venue` interface over it (`BinanceVenue`), which turns every answer into the bot's own types.
 
 The key rule: a 5xx or a timeout on an order submit means the outcome is UNKNOWN (the venue may have
 accepted it), never that it failed. Callers get `UnknownOutcome` and must resolve it by query.
@@ -19,14 +20,49 @@ import msgspec
 import orjson
 from yarl import URL
 
-from ..core.model import Order, OrderType
+from ..core.model import BookTicker, Fill, Order, OrderStatus, OrderType, Side
+from ..core.venue import (
+    WEIGHT_HARD,
+    WEIGHT_SOFT,
+    BadResponse,
+    CancelRejected,
+    ClockSkew,
+    DuplicateOrder,
+    IpBanned,
+    OrderNotFound,
+    OrderRejected,
+    RateLimited,
+    ServerError,
+    SymbolInfo,
+    TransportError,
+    UnknownOutcome,
+    VenueError,
+    VenueOrder,
+)
 from . import venue_types as vt
 from .secrets import Secret
 
-# Slow down before the venue's 429, not after: above SOFT the poller skips rounds, above HARD new
-# orders are refused locally until the one-minute window rolls over.
-WEIGHT_SOFT = 0.7
-WEIGHT_HARD = 0.9
+# The errors are the core's (core/venue.py); they stay importable from here, where they are raised.
+__all__ = [
+    "WEIGHT_HARD",
+    "WEIGHT_SOFT",
+    "BadResponse",
+    "BinanceRest",
+    "BinanceVenue",
+    "CancelRejected",
+    "ClockSkew",
+    "DuplicateOrder",
+    "IpBanned",
+    "OrderNotFound",
+    "OrderRejected",
+    "RateLimited",
+    "ServerError",
+    "TransportError",
+    "UnknownOutcome",
+    "VenueError",
+    "fmt_decimal",
+    "sign",
+]
 _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 
@@ -44,63 +80,6 @@ def _decode(body: bytes, schema: Any) -> Any:
 def sign(secret: bytes, payload: str) -> str:
     """HMAC-SHA256 over query string + body, hex encoded (Binance SIGNED endpoints)."""
     return hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()
-
-
-class VenueError(Exception):
-    def __init__(self, status: int, code: int | None, msg: str) -> None:
-        super().__init__(f"HTTP {status} code={code} {msg}")
-        self.status = status
-        self.code = code
-        self.msg = msg
-
-
-class ClockSkew(VenueError):
-    """-1021: timestamp outside recvWindow."""
-
-
-class OrderRejected(VenueError):
-    """-2010: the venue refused the new order (it does not exist there)."""
-
-
-class CancelRejected(VenueError):
-    """-2011: cancel refused (usually: already closed or unknown)."""
-
-
-class OrderNotFound(VenueError):
-    """-2013: no such order."""
-
-
-class RateLimited(VenueError):
-    """429: back off until `retry_after_s` has passed."""
-
-    def __init__(self, status: int, code: int | None, msg: str, retry_after_s: float) -> None:
-        super().__init__(status, code, msg)
-        self.retry_after_s = retry_after_s
-
-
-class IpBanned(RateLimited):
-    """418: we ignored 429s; stop sending entirely."""
-
-
-class ServerError(VenueError):
-    """5xx: the venue's state is unknown for this request."""
-
-
-class TransportError(Exception):
-    """No HTTP answer at all (timeout, connection reset)."""
-
-
-class BadResponse(TransportError):
-    """An answer that does not have the venue's documented shape: treated like no answer at all
-    (for an order submit that means the outcome is unknown, never that it failed)."""
-
-
-class UnknownOutcome(Exception):
-    """A submit whose result we cannot know; resolve it by query or reconciliation."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"order outcome unknown: {cause!r}")
-        self.cause = cause
 
 
 _CODE_MAP: dict[int, type[VenueError]] = {
@@ -350,3 +329,174 @@ class BinanceRest:
         await self._request(
             "DELETE", "/api/v3/userDataStream", {"listenKey": key}, signed=False, api_key=True
         )
+
+
+# -- the Venue interface --------------------------------------------------------------------------
+VENUE_STATUS = {s.value: s for s in OrderStatus}
+
+
+def _order_type(value: Any) -> OrderType:
+    try:
+        return OrderType(value)
+    except ValueError:
+        return OrderType.LIMIT  # other venue types (STOP_LOSS_LIMIT, ...) rest like a limit
+
+
+def venue_order(resp: dict[str, Any], order: Order | None = None) -> VenueOrder:
+    """An order answer or open-order row. `order`: ours, for a new-order answer's fills."""
+    try:
+        executed: Decimal | None = Decimal(str(resp.get("executedQty", "0")))
+    except ArithmeticError:
+        executed = None
+    exchange_id = resp.get("orderId")
+    fills: tuple[Fill, ...] = ()
+    if order is not None and resp.get("fills"):
+        when = int(resp.get("transactTime", 0) or 0)
+        fills = tuple(
+            Fill(
+                symbol=order.symbol,
+                trade_id=int(f["tradeId"]),
+                order_id=exchange_id,
+                client_order_id=order.client_order_id,
+                side=order.side,
+                price=Decimal(f["price"]),
+                qty=Decimal(f["qty"]),
+                commission=Decimal(f["commission"]),
+                commission_asset=f["commissionAsset"],
+                time_ms=when,
+            )
+            for f in resp["fills"]
+        )
+    price = resp.get("price")
+    side = resp.get("side")
+    # A cancel answer names the cancel request's own id in clientOrderId and the order's in
+    # origClientOrderId; VenueOrder always carries the order's.
+    cid = resp.get("origClientOrderId") or resp.get("clientOrderId", order.client_order_id if order else "")
+    return VenueOrder(
+        client_order_id=cid,
+        symbol=resp.get("symbol", order.symbol if order else ""),
+        exchange_order_id=exchange_id,
+        status=VENUE_STATUS.get(str(resp.get("status"))),
+        executed_qty=executed,
+        side=Side(side) if side in ("BUY", "SELL") else None,
+        order_type=_order_type(resp.get("type", "LIMIT")),
+        qty=Decimal(resp.get("origQty", "0")),
+        price=Decimal(price) if price and Decimal(price) else None,
+        time_ms=int(resp.get("time", 0)),
+        fills=fills,
+    )
+
+
+def trade_fill(row: dict[str, Any]) -> Fill:
+    """A myTrades row; whose order it is the caller knows (client_order_id is left empty)."""
+    return Fill(
+        symbol=row["symbol"],
+        trade_id=int(row["id"]),
+        order_id=int(row["orderId"]),
+        client_order_id="",
+        side=Side.BUY if row.get("isBuyer") else Side.SELL,
+        price=Decimal(row["price"]),
+        qty=Decimal(row["qty"]),
+        commission=Decimal(row.get("commission", "0")),
+        commission_asset=str(row.get("commissionAsset", "")),
+        time_ms=int(row.get("time", 0)),
+    )
+
+
+_FILTER_FIELDS = {
+    "PRICE_FILTER": (("tickSize", "tick_size"), ("maxPrice", "max_price")),
+    "LOT_SIZE": (("stepSize", "step_size"), ("minQty", "min_qty"), ("maxQty", "max_qty")),
+    "MIN_NOTIONAL": (("minNotional", "min_notional"),),
+    "NOTIONAL": (("minNotional", "min_notional"), ("maxNotional", "max_notional")),
+}
+
+
+def symbol_info(row: dict[str, Any]) -> SymbolInfo:
+    """exchangeInfo filters -> SymbolRules fields (a zero means "no limit" at Binance: skipped)."""
+    out: dict[str, Any] = {"base_asset": row["baseAsset"], "quote_asset": row["quoteAsset"]}
+    for f in row.get("filters", []):
+        fields = _FILTER_FIELDS.get(f.get("filterType", ""))
+        if fields is None:
+            continue
+        for venue_key, ours in fields:
+            value = f.get(venue_key)
+            if not isinstance(value, str):
+                continue
+            try:
+                d = Decimal(value)
+            except ArithmeticError:
+                continue
+            if d.is_finite() and d > 0:
+                out[ours] = d.normalize() if ours in ("tick_size", "step_size") else d
+    status = row.get("status")
+    max_price = out.pop("max_price", None)
+    return SymbolInfo(row["symbol"], status in (None, "TRADING"), str(status), out, max_price)
+
+
+class BinanceVenue:
+    """`core.venue.Venue` over a `BinanceRest`: Binance JSON stops here.
+
+    Every call goes through `self.rest` at call time, so a test that swaps one of the client's
+    methods sees the swap.
+    """
+
+    def __init__(self, rest: BinanceRest) -> None:
+        self.rest = rest
+
+    def weight_ratio(self) -> float:
+        return self.rest.weight_ratio()
+
+    def backing_off(self) -> bool:
+        return self.rest.blocked_until > time.monotonic()
+
+    async def sync_time(self) -> int:
+        return await self.rest.sync_time()
+
+    async def submit(self, order: Order) -> VenueOrder:
+        try:
+            resp = await self.rest.new_order(order)
+        except OrderRejected as exc:
+            if "Duplicate" in exc.msg:
+                raise DuplicateOrder(exc.status, exc.code, exc.msg) from exc
+            raise
+        return venue_order(resp, order)
+
+    async def query_order(self, symbol: str, client_order_id: str) -> VenueOrder:
+        return venue_order(await self.rest.query_order(symbol, client_order_id))
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> VenueOrder:
+        return venue_order(await self.rest.cancel_order(symbol, client_order_id))
+
+    async def cancel_all(self, symbol: str) -> list[VenueOrder]:
+        return [venue_order(row) for row in await self.rest.cancel_all(symbol)]
+
+    async def open_orders(self, symbol: str) -> list[VenueOrder]:
+        return [venue_order(row) for row in await self.rest.open_orders(symbol)]
+
+    async def trades(
+        self, symbol: str, from_id: int | None = None, order_id: int | None = None
+    ) -> list[Fill]:
+        rows = await self.rest.my_trades(symbol, from_id=from_id, order_id=order_id)
+        return [trade_fill(row) for row in rows]
+
+    async def balances(self) -> dict[str, tuple[Decimal, Decimal]]:
+        account = await self.rest.account()
+        return {
+            row["asset"]: (Decimal(row["free"]), Decimal(row["locked"]))
+            for row in account.get("balances", [])
+        }
+
+    async def book(self, symbol: str) -> BookTicker:
+        snap = await self.rest.book_ticker(symbol)
+        return BookTicker(
+            symbol,
+            -1,  # no usable update id: the stream's next id becomes the baseline
+            Decimal(snap["bidPrice"]),
+            snap["bidQty"],
+            Decimal(snap["askPrice"]),
+            snap["askQty"],
+        )
+
+    async def symbols(self, symbols: list[str]) -> dict[str, SymbolInfo]:
+        info = await self.rest.exchange_info(symbols)
+        return {row["symbol"]: symbol_info(row) for row in info.get("symbols", [])}
