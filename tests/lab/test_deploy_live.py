@@ -114,7 +114,8 @@ def test_a_redeploy_while_the_simulator_streams_loses_and_duplicates_nothing(top
     burst.stdin.close()
     time.sleep(3)
     proc, took = _deploy(project)
-    out, err = burst.communicate(timeout=180)
+    burst.wait(timeout=180)
+    out, err = burst.stdout.read(), burst.stderr.read()
     assert proc.returncode == 0, proc.stdout[-3000:]
     switch = re.search(r"rampart-bot (\S+) ready ([\d.]+) s after the drain", proc.stdout)
     assert switch, "the deploy did not switch to the new release:\n" + proc.stdout[-2000:]
