@@ -159,3 +159,76 @@ def test_b_a_broken_release_is_rolled_back_and_the_play_says_why(topo, deployed,
     assert now == running, f"current is {now}, not the release that ran before ({running})"
     assert ready["waited_s"] is not None
     assert float(back.group(2)) <= 60, f"the rollback took {back.group(2)} s (target 60 s)"
+
+
+# The secret arrives as stdin's first line and the script after it: never in argv or the environment.
+STDIN_FIRST_LINE = "import sys; SECRET = sys.stdin.readline().strip(); exec(sys.stdin.read())"
+PG_LOGIN = """
+import psycopg
+psycopg.connect("{dsn}", password=SECRET, connect_timeout=10).close()
+"""
+KEY_CHECK = """
+import ssl, urllib.error, urllib.request
+request = urllib.request.Request("{url}", headers={{"X-MBX-APIKEY": SECRET}})
+try:
+    urllib.request.urlopen(request, context=ssl.create_default_context(cafile="{ca}"), timeout=10)
+except urllib.error.HTTPError as exc:
+    print(exc.code, exc.read().decode())
+"""
+
+
+def _secrets() -> dict:
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    password = (lab.ROOT / ".secrets/lab/vault-pass").read_bytes().strip()
+    vault = VaultLib([("lab", VaultSecret(password))])
+    import yaml
+
+    return yaml.safe_load(vault.decrypt((lab.ROOT / "inventory/lab/group_vars/all/secrets.yml").read_bytes()))
+
+
+def test_c_rotating_the_db_password_and_the_exchange_key_loses_nothing(topo, deployed):
+    sim = _host(topo, "exchange_api")
+    api = topo.host_view(sim).listens["exchange_api"]
+    ca = f"/usr/local/share/ca-certificates/rampart-{topo.name}-ca.crt"
+    old = _secrets()
+    since_ms = int(time.time() * 1000) - 5000
+    before = _sim_state(topo)
+    burst = subprocess.Popen(["ssh", "-F", str(lab.SSH_CONFIG), sim,
+                              f"sudo sh -c 'DRILL_CA_FILE={ca} python3 - burst https://{api.address}:{api.port}"
+                              f"/sim/control {TOKEN_FILE} 600 60'"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    burst.stdin.write(PROBE.read_text())
+    burst.stdin.close()
+    t0 = time.monotonic()
+    proc = subprocess.run([str(lab.ROOT / ".venv/bin/ansible-playbook"), "--vault-id",
+                           "lab@scripts/vault-pass-client.py", "playbooks/rotate.yml",
+                           "-e", "rotate=db_password,exchange_key"],
+                          cwd=lab.ROOT, capture_output=True, text=True, timeout=900)
+    took = time.monotonic() - t0
+    burst.wait(timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    new = _secrets()
+    for name in ("secret_postgres_bot_password", "secret_lab_exchange_api_key", "secret_lab_exchange_api_secret"):
+        assert new[name] != old[name] and new[f"{name}_previous"] == old[name], f"{name} was not rotated"
+        assert old[name] not in proc.stdout and new[name] not in proc.stdout, f"{name} appeared in the output"
+    _ready(topo)
+    got = _window(topo, before, since_ms)
+    # The old credentials no longer open anything: PostgreSQL refuses the old password, the simulator the old key.
+    db = _host(topo, "postgres")
+    pg = topo.host_view(db).listens["postgres"]
+    login = lab.ssh(deployed, "/opt/rampart-bot/current/venv/bin/python -c " + shlex.quote(STDIN_FIRST_LINE),
+                    stdin=old["secret_postgres_bot_password"] + "\n" + PG_LOGIN.format(
+                        dsn=f"host={pg.address} port={pg.port} dbname=rampart user=rampart_bot sslmode=verify-full "
+                            f"sslrootcert={ca}"))
+    key = lab.ssh(sim, "python3 -c " + shlex.quote(STDIN_FIRST_LINE),
+                  stdin=old["secret_lab_exchange_api_key"] + "\n" + KEY_CHECK.format(
+                      url=f"https://{api.address}:{api.port}/api/v3/account", ca=ca))
+    print(f"\nrotation of the DB password and the exchange key while trading: rotate.yml {took:.0f} s; the exchange "
+          f"accepted {got['exchange_orders']} orders meanwhile; lost orders {got['orders_lost']}, duplicated "
+          f"{got['orders_duplicated']}, lost fills {got['fills_lost']}; old DB password: "
+          f"{'refused' if login.returncode else 'ACCEPTED'}; old API key: {key.stdout.strip()[:60]}")
+    assert (got["orders_lost"], got["orders_duplicated"], got["fills_lost"]) == (0, 0, 0), got
+    assert login.returncode != 0 and "password authentication failed" in login.stdout + login.stderr, \
+        (login.stdout + login.stderr)[-300:]
+    assert "-2015" in key.stdout, key.stdout + key.stderr

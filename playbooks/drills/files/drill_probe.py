@@ -7,7 +7,6 @@ timings are not blurred by SSH round trips. Every subcommand prints one JSON obj
   wait-down URL TIMEOUT               time until URL stops answering 200
   burst URL TOKEN_FILE STEPS SECONDS  POST {"action": "step"} to the simulator's control endpoint STEPS times
   sim-state URL                       the simulator's public counters
-  db-counts DATABASE SCHEMA           the bot's orders and fills as PostgreSQL holds them (run as root)
   window DATABASE SCHEMA BEFORE AFTER SINCE_MS
                                       what the bot's database holds of the exchange's orders and trades between
                                       two sim-state readings (JSON), and how many are lost or duplicated
@@ -119,29 +118,19 @@ def ident(name: str) -> str:
     return f'"{name}"'
 
 
-def db_counts(database: str, schema: str) -> dict:
-    """The bot's tables live in its own schema (it owns only that one)."""
-    schema = ident(schema).strip('"')
-    orders = psql(database, f'SELECT count(*), count(exchange_order_id) FROM "{schema}".orders').split("|")
-    fills = dict(line.split("|") for line in psql(database, f'SELECT symbol, count(*) FROM "{schema}".fills '
-                                                            "GROUP BY symbol").splitlines() if line)
-    return {"orders": int(orders[0]), "orders_on_exchange": int(orders[1]),
-            "fills": {k: int(v) for k, v in fills.items()}}
-
-
 def window_counts(database: str, schema: str, before: dict, after: dict, since_ms: int) -> dict:
     """The bot's records of what the exchange did between two of its /sim/state readings, and what is missing.
 
-    The simulator numbers accepted orders 1, 2, ... and trades likewise, so the orders and trades between the
-    readings are the id ranges (before, after]. The bot's rows are matched by those ids; rows older than
-    since_ms belong to an earlier life of the simulator (its numbering starts again when it restarts)."""
+    The simulator gives order and trade ids in sequence (and never reuses one, restarts included), so the orders
+    and trades between the readings are the id ranges [before, after) of next_order_id and next_trade_id. Rows
+    older than since_ms are left out as well."""
     schema = ident(schema).strip('"')
-    a0, a1 = int(before["accepted_orders"]), int(after["accepted_orders"])
-    t0, t1 = sum(before["trades"].values()), sum(after["trades"].values())
+    a0, a1 = int(before["next_order_id"]), int(after["next_order_id"])
+    t0, t1 = int(before["next_trade_id"]), int(after["next_trade_id"])
     row = psql(database, f'SELECT count(DISTINCT exchange_order_id), count(exchange_order_id) FROM "{schema}".orders '
-                         f"WHERE exchange_order_id > {a0} AND exchange_order_id <= {a1} "
+                         f"WHERE exchange_order_id >= {a0} AND exchange_order_id < {a1} "
                          f"AND created_ms >= {int(since_ms)}").split("|")
-    fills = psql(database, f'SELECT count(*) FROM "{schema}".fills WHERE trade_id > {t0} AND trade_id <= {t1} '
+    fills = psql(database, f'SELECT count(*) FROM "{schema}".fills WHERE trade_id >= {t0} AND trade_id < {t1} '
                            f"AND time_ms >= {int(since_ms)}")
     orders, order_rows, fills = int(row[0]), int(row[1]), int(fills)
     return {"exchange_orders": a1 - a0, "exchange_trades": t1 - t0, "orders": orders, "fills": fills,
@@ -290,8 +279,6 @@ def run(argv: list[str]) -> dict:
         out = burst(args[0], args[1], int(args[2]), float(args[3]))
     elif cmd == "sim-state":
         out = sim_state(args[0])
-    elif cmd == "db-counts":
-        out = db_counts(args[0], args[1])
     elif cmd == "window":
         out = window_counts(args[0], args[1], json.loads(args[2]), json.loads(args[3]), int(args[4]))
     elif cmd == "verify-restore":

@@ -297,6 +297,7 @@ class Exchange:
         balances: dict[str, Decimal],
         process: PriceProcess | None = None,
         commission_rate: Decimal = ZERO,
+        id_base: int = 1,
     ) -> None:
         self.symbols = {s.symbol: s for s in symbols}
         for s in symbols:
@@ -312,13 +313,23 @@ class Exchange:
         self.market_trade_id: dict[str, int] = {s: 1000 for s in self.symbols}
         self.update_id: dict[str, int] = {s: 1 for s in self.symbols}
         self.listener: Callable[[dict[str, Any]], None] | None = None
-        self._next_order_id = 1
-        self._next_trade_id = 1
+        # A venue never reuses an order or trade id. Given a time-based id_base (the CLI's), a restarted
+        # simulator starts above its last life's ids, so a bot's older records cannot collide with new ones.
+        self._next_order_id = id_base
+        self._next_trade_id = id_base
         self._next_execution_id = 1
         self._next_cancel_id = 1
         self.accepted_orders = 0
         self._best_buy: dict[str, Decimal] = {}
         self._best_sell: dict[str, Decimal] = {}
+
+    @property
+    def next_order_id(self) -> int:
+        return self._next_order_id
+
+    @property
+    def next_trade_id(self) -> int:
+        return self._next_trade_id
 
     # -- market data ---------------------------------------------------------------------------
     def top(self, symbol: str) -> tuple[Decimal, Decimal]:

@@ -9,6 +9,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 
 from ..service.logs import setup_logging
@@ -118,7 +119,8 @@ async def _serve(
     sim = SimServer(
         key,
         secret,
-        exchange=default_exchange(args.seed),
+        # ids start at microseconds since the epoch: above an earlier run's, so a restart reuses none
+        exchange=default_exchange(args.seed, id_base=time.time_ns() // 1_000),
         tick_interval_s=args.tick_interval,
         control_token=control_token,
         weight_limit=args.weight_limit,

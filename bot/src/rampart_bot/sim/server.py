@@ -127,7 +127,7 @@ class _Client:
         self.transport = transport
 
 
-def default_exchange(seed: int = 7) -> Exchange:
+def default_exchange(seed: int = 7, id_base: int = 1) -> Exchange:
     return Exchange(
         [
             SimSymbol("BTCUSDT", "BTC", "USDT", mid=Decimal("30000.00")),
@@ -143,6 +143,7 @@ def default_exchange(seed: int = 7) -> Exchange:
         ],
         balances={"USDT": Decimal("1000000"), "BTC": Decimal("10"), "ETH": Decimal("100")},
         process=PriceProcess(seed=seed),
+        id_base=id_base,
     )
 
 
@@ -1085,6 +1086,9 @@ class SimServer:
             {
                 "faults": asdict(self.faults),
                 "accepted_orders": ex.accepted_orders,
+                # ids are given in order: what was made between two readings is the range between these
+                "next_order_id": ex.next_order_id,
+                "next_trade_id": ex.next_trade_id,
                 "open_orders": sum(len(o) for o in ex.open.values()),
                 "trades": {s: len(t) for s, t in ex.trades.items()},
                 "connections": self.connections,
