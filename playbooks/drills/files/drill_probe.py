@@ -280,7 +280,7 @@ def run(argv: list[str]) -> dict:
     elif cmd == "sim-state":
         out = sim_state(args[0])
     elif cmd == "window":
-        out = window_counts(args[0], args[1], json.loads(args[2]), json.loads(args[3]), int(args[4]))
+        out = window_counts(args[0], args[1], json.loads(args[2]), json.loads(args[3]), int(float(args[4])))
     elif cmd == "verify-restore":
         out = verify_restore(args[0], args[1])
     elif cmd == "latest":
