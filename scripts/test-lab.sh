@@ -44,4 +44,11 @@ echo "== compliance (tests/compliance; JUnit XML in build/compliance.xml)"
 scripts/pytest.sh tests/compliance || status=1
 echo "== segmentation (tests/segmentation: the zone-to-zone matrix with real packets, the admin path)"
 scripts/pytest.sh -s tests/segmentation || status=1
+# Last: they inject real faults (a killed bot, a rebooted host, a destroyed database) and check the recovery.
+echo "== recovery drills a-d (issue 12; all six: make drill); report in build/drills.md"
+for drill in a b c d; do
+  $BIN/rampart --env "$ENV" drill "$drill" > "$logdir/drill-$drill.log" 2>&1 || { cat "$logdir/drill-$drill.log"; status=1; }
+  tail -n 1 "$logdir/drill-$drill.log"
+done
+[ ! -f build/drills.md ] || cat build/drills.md
 exit $status

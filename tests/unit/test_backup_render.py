@@ -47,6 +47,11 @@ def test_jobs_follow_what_the_host_runs():
     assert job["env"]["BAO_ADDR"] == "https://10.0.4.5:8200"
     assert not any("token" in k.lower() for k in job["env"])
     assert vault["repository"] == "sftp:rampart-backup:/repo" and vault["host"] == "db01"
+    # Or with the backup AppRole (the lab's way): a helper logs in with the delivered files, no standing token.
+    approle = client_config({"backup_client_vault_approle": True}, vault={"address": "10.0.4.5", "port": 8200})
+    job = approle["jobs"]["vault"]
+    assert job["command"] == ["/usr/bin/python3", "/usr/local/sbin/rampart-vault-snapshot", "{output}"]
+    assert job["env"]["RAMPART_VAULT_SECRET_ID_FILE"] == "/etc/credstore/rampart-backup.vault-secret-id"
 
 
 def test_no_secret_in_rendered_files():

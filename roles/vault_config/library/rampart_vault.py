@@ -104,13 +104,20 @@ def policy_name(service: str) -> str:
     return f"{POLICY_PREFIX}{service}"
 
 
-def policy_hcl(mount: str, service: str) -> str:
-    # One path, read only: the service's own subtree of the KV v2 mount. No list, no metadata, no write.
-    return (f"# rampart: {service} may read its own secrets and nothing else\n"
-            f'path "{mount}/data/{service}/*" {{\n  capabilities = ["read"]\n}}\n')
+def policy_hcl(mount: str, service: str, paths: dict | None = None) -> str:
+    # Read only: the service's own subtree of the KV v2 mount (no list, no metadata, no write), plus any system
+    # path it is declared to need (the backup job: the raft snapshot), each with exactly its capabilities.
+    hcl = (f"# rampart: {service} may read its own secrets and nothing else\n"
+           f'path "{mount}/data/{service}/*" {{\n  capabilities = ["read"]\n}}\n')
+    for path, caps in sorted((paths or {}).items()):
+        hcl += f'path "{path}" {{\n  capabilities = {json.dumps(sorted(caps))}\n}}\n'
+    return hcl
 
 
-SERVICE_KEYS = {"name", "host", "token_ttl", "token_max_ttl", "secret_id_ttl", "cidrs"}
+SERVICE_KEYS = {"name", "host", "token_ttl", "token_max_ttl", "secret_id_ttl", "cidrs", "paths"}
+# What a declared extra path may be granted: reading system state, never writing policies or secrets.
+PATH_RE = re.compile(r"^sys/[a-z0-9_/-]+$")
+PATH_CAPABILITIES = {"read"}
 
 
 def check_spec(spec: dict) -> None:
@@ -157,6 +164,15 @@ def check_spec(spec: dict) -> None:
         for c in svc["cidrs"]:
             if not re.match(r"^[0-9a-fA-F:.]+/\d{1,3}$", c):
                 raise VaultError(f"{where}.cidrs: {c!r} is not an address/prefix")
+        paths = svc.get("paths") or {}
+        if not isinstance(paths, dict):
+            raise VaultError(f"{where}.paths: expected a mapping of path -> capabilities")
+        for path, caps in paths.items():
+            if not PATH_RE.match(str(path)):
+                raise VaultError(f"{where}.paths: {path!r} is not a sys/ path (only system paths may be added)")
+            if not isinstance(caps, list) or not caps or set(caps) - PATH_CAPABILITIES:
+                raise VaultError(f"{where}.paths.{path}: capabilities must be a non-empty list from "
+                                 f"{sorted(PATH_CAPABILITIES)}, got {caps!r}")
     for i, sec in enumerate(spec.get("secrets") or []):
         where = f"vault_config_secrets[{i}]"
         if not KV_PATH_RE.match(sec.get("path", "")):
@@ -245,7 +261,7 @@ def configure(c: Client, spec: dict, check: bool) -> list[str]:
     declared = {svc["name"] for svc in spec["services"]}
     for svc in spec["services"]:
         name = svc["name"]
-        want = policy_hcl(mount, name)
+        want = policy_hcl(mount, name, svc.get("paths"))
         got = c.get(f"sys/policies/acl/{policy_name(name)}")
         if got is None or got["data"].get("policy") != want:
             write(f"policy {policy_name(name)}", "PUT", f"sys/policies/acl/{policy_name(name)}", {"policy": want})
