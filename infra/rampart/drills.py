@@ -10,6 +10,7 @@ the record. A drill whose prerequisites are absent is refused (exit 2) and recor
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -229,14 +230,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace, root: Path) -> int:
     names = list(DRILLS) if args.name == "all" else [args.name]
-    worst = 0
-    for name in names:  # with `all`, a refused drill is reported and the others still run
+    # One drill at a time per checkout: two would inject faults into each other's recovery (a database
+    # destroyed while another drill counts its rows) and both results would be wrong.
+    (root / "build").mkdir(parents=True, exist_ok=True)
+    with open(root / "build" / ".drill.lock", "w") as lock:
         try:
-            worst = max(worst, run(name, args.env, root, args.extra_vars))
-        except DrillError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            worst = max(worst, 2)
-    return worst
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("error: another drill is running in this checkout (build/.drill.lock); wait for it",
+                  file=sys.stderr)
+            return 2
+        worst = 0
+        for name in names:  # with `all`, a refused drill is reported and the others still run
+            try:
+                worst = max(worst, run(name, args.env, root, args.extra_vars))
+            except DrillError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                worst = max(worst, 2)
+        return worst
 
 
 if __name__ == "__main__":

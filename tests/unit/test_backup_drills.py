@@ -118,6 +118,17 @@ def test_a_playbook_that_dies_without_a_result_is_a_recorded_failure(root, tmp_p
     assert "state left: unknown" in out
 
 
+def test_a_second_drill_is_refused_while_one_runs(root, capsys):
+    import fcntl
+
+    (root / "build").mkdir(exist_ok=True)
+    with open(root / "build" / ".drill.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert drills.main(Namespace(name="a", env="lab", extra_vars=[]), root) == 2
+    assert "another drill is running" in capsys.readouterr().err
+    assert not (root / "build" / "drills.json").exists()
+
+
 def test_main_reports_refusals_in_one_line(root, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(drills, "run", lambda *a, **k: (_ for _ in ()).throw(drills.DrillError("drill d needs X")))
     assert drills.main(Namespace(name="d", env="lab", extra_vars=[]), root) == 2
