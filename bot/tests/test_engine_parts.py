@@ -278,3 +278,19 @@ async def test_kill_switch_cancels_open_orders() -> None:
     again = await engine.supervisor.kill("test")  # idempotent: nothing left to cancel
     assert again == {"state": "HALTED", "newly_halted": False, "cancelled": 0}
     assert engine.metrics.kill_switch == 1
+
+
+# -- 4. an order resting too long is cancelled, so a one-order-per-symbol strategy trades again -----------
+@pytest.mark.asyncio
+async def test_orders_older_than_max_age_are_cancelled() -> None:
+    engine, venue = await ready_engine()
+    order = engine.gateway.submit_intent(buy())
+    assert order is not None
+    await settle(engine)
+    assert await engine.supervisor.cancel_aged() == 0  # off by default
+    engine.cfg.runtime.order_max_age_s = 10.0
+    assert await engine.supervisor.cancel_aged() == 0  # younger than 10 s
+    venue.clock.now += 11
+    assert await engine.supervisor.cancel_aged() == 1
+    assert order.status is OrderStatus.CANCELED and venue.open_ids() == set()
+    assert ("cancel", order.client_order_id) in venue.calls

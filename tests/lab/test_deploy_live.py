@@ -228,6 +228,7 @@ def test_c_rotating_the_db_password_and_the_exchange_key_loses_nothing(topo, dep
           f"accepted {got['exchange_orders']} orders meanwhile; lost orders {got['orders_lost']}, duplicated "
           f"{got['orders_duplicated']}, lost fills {got['fills_lost']}; old DB password: "
           f"{'refused' if login.returncode else 'ACCEPTED'}; old API key: {key.stdout.strip()[:60]}")
+    assert got["exchange_orders"] > 0, "no order was placed during the rotation: it proves nothing"
     assert (got["orders_lost"], got["orders_duplicated"], got["fills_lost"]) == (0, 0, 0), got
     assert login.returncode != 0 and "password authentication failed" in login.stdout + login.stderr, \
         (login.stdout + login.stderr)[-300:]

@@ -58,6 +58,9 @@ class RuntimeConfig:
     reconnect_base_s: float = 0.2
     reconnect_cap_s: float = 30.0
     cancel_on_shutdown: bool = True
+    # Cancel a resting order of ours after this many seconds (0: never). A strategy that keeps one order per
+    # symbol stops trading while that order rests away from the market; this re-opens it.
+    order_max_age_s: float = 0.0
     max_submit_attempts: int = 3
     breaker_failures: int = 5
     breaker_reset_s: float = 10.0
@@ -319,6 +322,8 @@ def validate(cfg: BotConfig, source: str) -> None:
     if not prefix.isalnum() or len(prefix) > 8:
         raise ConfigError(f"{source}: runtime.client_id_prefix: 1-8 letters or digits")
     rt = cfg.runtime
+    if rt.order_max_age_s < 0:
+        raise ConfigError(f"{source}: runtime.order_max_age_s: must be 0 (never) or positive")
     if not 0 < rt.price_band < 1:
         raise ConfigError(f"{source}: runtime.price_band: must be between 0 and 1 (exclusive)")
     if rt.max_price <= 0 or rt.max_seq_jump <= 0 or rt.healthy_after_s < 0:

@@ -121,7 +121,20 @@ class Supervisor(Part):
                     self.ledger.db_failed(exc)
             self._update_degradations()
             await self.reconciler.poll()
+            await self.cancel_aged()
             await self.shared.notify()  # readiness is time-dependent: let waiters re-check
+
+    async def cancel_aged(self) -> int:
+        """Cancel our orders that have rested longer than runtime.order_max_age_s; returns how many."""
+        max_age = self.cfg.runtime.order_max_age_s
+        if max_age <= 0:
+            return 0
+        cutoff_ms = (self.clock() - max_age) * 1000
+        resting = (o for o in self.tracker.open_orders() if o.exchange_order_id is not None)
+        aged = [o for o in resting if o.created_ms < cutoff_ms]
+        for order in aged:
+            await self.gateway.cancel(order)
+        return len(aged)
 
     async def _check_db(self) -> None:
         db = self.breakers["db"]
