@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -21,7 +20,7 @@ import msgspec
 from ..core.model import Fill, Side
 from ..core.venue import BalanceUpdate, OrderUpdate
 from .binance_rest import VENUE_STATUS, BinanceRest, RateLimited, TransportError, VenueError
-from .binance_ws import MAX_MESSAGE_BYTES, Backoff, ConnectLimiter, ParseStats, close_bounded
+from .binance_ws import Backoff, ConnectLimiter, ParseStats, ReconnectingStream
 from .venue_types import (
     ExecutionReport,
     ListenKeyExpired,
@@ -87,7 +86,16 @@ def _order_update(ev: ExecutionReport, raw: str | bytes, stats: ParseStats) -> O
     )
 
 
-class UserStreamClient:
+_LISTEN_KEY_EXPIRED = object()  # the shared loop's end token: the venue ended the stream
+
+
+class UserStreamClient(ReconnectingStream):
+    """The user-data stream on the shared reconnect loop; each connection gets a fresh listen key."""
+
+    label = "user-data stream"
+    end_token = _LISTEN_KEY_EXPIRED
+    end_reason = "listen_key_expired"
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -101,111 +109,72 @@ class UserStreamClient:
         keepalive_s: float = KEEPALIVE_S,
         close_timeout_s: float = 1.0,
     ) -> None:
-        self.session = session
+        super().__init__(session, self._dispatch, backoff, limiter, healthy_after_s, close_timeout_s)
         self.rest = rest
         self.ws_url = ws_url.rstrip("/")
         self.on_update = on_update
         self.stats = stats
-        self.backoff = backoff or Backoff()
-        self.limiter = limiter or ConnectLimiter()
-        self.healthy_after_s = healthy_after_s
         self.keepalive_s = keepalive_s
-        self.close_timeout_s = close_timeout_s
-        self.connected = False
         self.supported: bool | None = None  # None until the venue has answered once
-        self.connects = 0
-        self.events = 0
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._stopping = False
         self._listen_key = ""
+        self._keepalive: asyncio.Task[None] | None = None
+
+    @property
+    def events(self) -> int:
+        return self.frames
+
+    @property
+    def connects(self) -> int:
+        return self.connect_attempts
+
+    def _dispatch(self, raw: str | bytes) -> object:
+        update = translate_user_frame(raw, self.stats)
+        if update is None:
+            return None
+        if update is STREAM_ENDS:
+            return _LISTEN_KEY_EXPIRED
+        self.on_update(update)  # type: ignore[arg-type]
+        return None
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._ws is not None:
-            await close_bounded(self._ws, self.close_timeout_s)
+        await super().stop()
         if self._listen_key:
             try:
                 await self.rest.close_listen_key(self._listen_key)
             except (VenueError, TransportError, RateLimited):
                 pass
 
-    async def run(self) -> None:
-        while not self._stopping:
-            wait = self.limiter.wait_s()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
-            try:
-                self._listen_key = await self.rest.new_listen_key()
-                self.supported = True
-            except VenueError as exc:
-                if exc.status in (400, 404, 405, 410):
-                    if self.supported is not False:
-                        log.warning(
-                            "venue has no user-data stream; fills come from myTrades polling",
-                            extra={"status": exc.status},
-                        )
-                    self.supported = False
-                    await asyncio.sleep(UNSUPPORTED_RETRY_S)
-                    continue
-                await asyncio.sleep(self.backoff.next_delay())
-                continue
-            except (TransportError, RateLimited):
-                await asyncio.sleep(self.backoff.next_delay())
-                continue
-            self.limiter.note()
-            self.connects += 1
-            reason, healthy = await self._session_once(self._listen_key)
-            self.connected = False
-            if self._stopping:
-                break
-            if healthy:
-                self.backoff.reset()
-            delay = self.backoff.next_delay()
-            log.warning(
-                "user-data stream disconnected", extra={"reason": reason, "retry_in_s": round(delay, 3)}
-            )
-            await asyncio.sleep(delay)
-
-    async def _session_once(self, key: str) -> tuple[str, bool]:
+    async def _target(self) -> str | None:
         try:
-            ws = await self.session.ws_connect(
-                f"{self.ws_url}/ws/{key}",
-                autoping=True,
-                max_msg_size=MAX_MESSAGE_BYTES * 4,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout_s),
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return f"connect_failed:{type(exc).__name__}", False
-        self._ws = ws
-        opened = time.monotonic()
-        keepalive = asyncio.create_task(self._keepalive(key))
-        try:
-            self.connected = True
-            while True:
-                msg = await ws.receive()
-                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    self.events += 1
-                    update = translate_user_frame(msg.data, self.stats)
-                    if update is None:
-                        continue
-                    if update is STREAM_ENDS:
-                        return "listen_key_expired", time.monotonic() - opened >= self.healthy_after_s
-                    self.on_update(update)  # type: ignore[arg-type]
-                    continue
-                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
-                    return "closed_by_server", time.monotonic() - opened >= self.healthy_after_s
-                if msg.type is aiohttp.WSMsgType.ERROR:
-                    return "socket_error", False
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return f"error:{type(exc).__name__}", False
-        finally:
-            keepalive.cancel()
-            self.connected = False
-            self._ws = None
-            await close_bounded(ws, self.close_timeout_s)
+            self._listen_key = await self.rest.new_listen_key()
+            self.supported = True
+        except VenueError as exc:
+            if exc.status in (400, 404, 405, 410):
+                if self.supported is not False:
+                    log.warning(
+                        "venue has no user-data stream; fills come from myTrades polling",
+                        extra={"status": exc.status},
+                    )
+                self.supported = False
+                await asyncio.sleep(UNSUPPORTED_RETRY_S)
+                return None
+            await asyncio.sleep(self.backoff.next_delay())
+            return None
+        except (TransportError, RateLimited):
+            await asyncio.sleep(self.backoff.next_delay())
+            return None
+        return f"{self.ws_url}/ws/{self._listen_key}"
 
-    async def _keepalive(self, key: str) -> None:
+    async def _on_open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._keepalive = asyncio.create_task(self._keepalive_loop(self._listen_key))
+        self.connected = True
+
+    def _on_session_end(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+
+    async def _keepalive_loop(self, key: str) -> None:
         while True:
             await asyncio.sleep(self.keepalive_s)
             try:

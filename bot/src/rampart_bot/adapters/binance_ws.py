@@ -10,13 +10,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Union
 
 import aiohttp
 import msgspec
 import orjson
 
-from ..core.model import BookTicker, Trade
+from ..core.model import ZERO, BookTicker, Trade
 
 log = logging.getLogger(__name__)
 _loads = orjson.loads
@@ -161,6 +161,78 @@ class _Frame(msgspec.Struct, gc=False):
 _decode_frame = msgspec.json.Decoder(_Frame).decode
 
 
+# The fast path: a combined-stream frame of a stream we subscribed to decodes straight into the
+# struct of its kind, chosen by msgspec from the envelope's "stream" name (a tagged union), with
+# the fields of that kind required. That spares the Python-level dispatch and presence checks; any
+# frame it refuses takes the generic path, which names the reason. The other kind's fields are
+# typed as in _Frame, so both paths refuse the same frames.
+class _TradeData(msgspec.Struct, gc=False):
+    e: Literal["trade"]
+    s: str
+    t: SeqId
+    p: str
+    q: str
+    T: Annotated[int, msgspec.Meta(ge=0)]
+    m: bool
+    u: SeqId = -1  # type: ignore[assignment]
+    b: str = ""
+    B: str = ""
+    a: str = ""
+    A: str = ""
+    stream: str = ""
+    data: _Frame | None = None
+
+
+class _BookData(msgspec.Struct, gc=False):
+    u: SeqId
+    s: str
+    b: str
+    B: str
+    a: str
+    A: str
+    e: Literal[""] = ""  # a bookTicker carries no event type; one with an "e" is not a bookTicker
+    t: SeqId = -1  # type: ignore[assignment]
+    p: str = ""
+    q: str = ""
+    T: int = -1
+    m: bool | None = None
+    stream: str = ""
+    data: _Frame | None = None
+
+
+class _TradeEnvelope(msgspec.Struct, gc=False, tag_field="stream"):
+    data: _TradeData
+
+
+class _BookEnvelope(msgspec.Struct, gc=False, tag_field="stream"):
+    data: _BookData
+
+
+# A stream name never contains NUL: this member only makes the union have two members, so that
+# msgspec insists on the tag (a lone tagged struct would also accept a frame without "stream").
+_Unmatched = msgspec.defstruct("_Unmatched", [], bases=(_BookEnvelope,), tag="\x00")
+_STREAM_TYPES: dict[str, type] = {}
+_MAX_FAST_STREAMS = 2048
+_decode_fast: Callable[[str | bytes], Any] | None = None
+
+
+def register_streams(streams: Sequence[str]) -> None:
+    """Let frames of these streams ("btcusdt@trade", "btcusdt@bookTicker") take the fast path."""
+    global _decode_fast
+    added = False
+    for name in streams:
+        if name in _STREAM_TYPES or len(_STREAM_TYPES) >= _MAX_FAST_STREAMS:
+            continue
+        base = _TradeEnvelope if name.endswith("@trade") else _BookEnvelope
+        if base is _BookEnvelope and not name.endswith("@bookTicker"):
+            continue
+        _STREAM_TYPES[name] = msgspec.defstruct("_Envelope", [], bases=(base,), tag=name)
+        added = True
+    if added:
+        union = Union[(_Unmatched, *_STREAM_TYPES.values())]  # type: ignore[valid-type]  # noqa: UP007
+        _decode_fast = msgspec.json.Decoder(union).decode
+
+
 def parse_market_message(
     raw: str | bytes, stats: ParseStats
 ) -> Trade | BookTicker | ServerShutdown | SubscribeAck | None:
@@ -173,6 +245,46 @@ def parse_market_message(
     if len(raw) > MAX_MESSAGE_BYTES:
         stats.drop("too_large", raw)
         return None
+    fast = _decode_fast
+    if fast is None:
+        return _parse_generic(raw, stats)
+    try:
+        data = fast(raw).data
+    except msgspec.MsgspecError:
+        return _parse_generic(raw, stats)
+    # Inline checks (helper calls cost more than the checks). A frame that fails one is parsed
+    # again by the generic path, which drops it with the precise reason.
+    dec_get = _DEC_CACHE.get
+    try:
+        sym = data.s
+        if sym not in _SYMBOLS_SEEN:
+            _symbol(sym)
+        if type(data) is _BookData:
+            b = data.b
+            a = data.a
+            bq = data.B
+            aq = data.A
+            bid = dec_get(b) or _dec(b)
+            ask = dec_get(a) or _dec(a)
+            if ZERO < bid < ask and _PLAIN_DECIMAL(bq) is not None and _PLAIN_DECIMAL(aq) is not None:
+                stats.books += 1
+                return BookTicker(sym, data.u, bid, bq, ask, aq)
+        else:
+            p = data.p
+            q = data.q
+            price = dec_get(p) or _dec(p)
+            if price and _PLAIN_DECIMAL(q) is not None and q.strip("0."):
+                stats.trades += 1
+                return Trade(sym, data.t, price, q, data.T, data.m)
+    except (TypeError, ValueError, InvalidOperation):
+        pass
+    return _parse_generic(raw, stats)
+
+
+def _parse_generic(
+    raw: str | bytes, stats: ParseStats
+) -> Trade | BookTicker | ServerShutdown | SubscribeAck | None:
+    """Any frame, dispatched on its fields; a refused frame is dropped with the precise reason."""
     try:
         msg = _decode_frame(raw)
     except msgspec.ValidationError as exc:
@@ -188,7 +300,6 @@ def parse_market_message(
             stats.drop("bad_envelope", raw)
             return None
         msg = msg.data
-    # The two hot message kinds are checked inline (helper calls cost more than the checks).
     dec_get = _DEC_CACHE.get
     try:
         event = msg.e
@@ -323,22 +434,160 @@ async def close_bounded(ws: aiohttp.ClientWebSocketResponse, timeout_s: float) -
         resp.close()
 
 
-class MarketDataClient:
-    """Connects to `<ws_url>/stream`, SUBSCRIBEs, feeds every text frame to `on_message`.
+class ReconnectingStream:
+    """One venue WebSocket kept up forever: the connect / stream / back off loop that the market-data
+    and user-data clients share.
 
-    Reconnects forever with backoff; a watchdog closes silent (stalled) sockets; `serverShutdown`
-    and connection age trigger a prompt reconnect. Every attempt, prompt or not, passes the
-    connection limiter; the backoff resets only after `healthy_after_s` of a fresh, open connection.
-    `on_connected` runs after each subscription (the engine uses it for REST catch-up and
-    reconciliation).
+    Every attempt, prompt or not, passes the connection limiter. The backoff resets only once a
+    connection has stayed open `healthy_after_s` (checked every 64 frames while streaming, and at
+    the end): a server that accepts, acknowledges and closes again must not reset it. A session ends
+    promptly (no backoff) only for a healthy connection whose end was announced or forced
+    (`_reconnect_now`). Subclasses give the URL (`_target`) and what happens on open and close; a
+    frame whose handler returns `end_token` ends the session.
     """
+
+    label = "websocket"  # names the stream in log lines
+    end_token: object = SERVER_SHUTDOWN
+    end_reason = "server_shutdown"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        on_message: Callable[[str | bytes], object],
+        backoff: Backoff | None,
+        limiter: ConnectLimiter | None,
+        healthy_after_s: float,
+        close_timeout_s: float,
+    ) -> None:
+        self.session = session
+        self.on_message = on_message
+        self.backoff = backoff or Backoff()
+        self.limiter = limiter or ConnectLimiter()
+        self.healthy_after_s = healthy_after_s
+        self.close_timeout_s = close_timeout_s
+        self.connected = False
+        self.connect_attempts = 0
+        self.reconnects = 0
+        self.frames = 0
+        self.last_healthy = False
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._stopping = False
+        self._reconnect_now = False
+        self._opened_monotonic = 0.0
+
+    async def _target(self) -> str | None:
+        """The URL of the next connection, or None to skip this round (after waiting itself)."""
+        raise NotImplementedError
+
+    async def _on_open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.connected = True
+
+    def _on_session_end(self) -> None:
+        """Cleanup after every opened session, however it ended (also on cancellation)."""
+
+    def _after_session(self, reason: str) -> None:
+        """Runs after every attempt, with the reason it ended (not on cancellation)."""
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._ws is not None:
+            await close_bounded(self._ws, self.close_timeout_s)
+
+    async def run(self) -> None:
+        while not self._stopping:
+            wait = self.limiter.wait_s()
+            if wait > 0:
+                log.warning("%s connection limit reached", self.label, extra={"retry_in_s": round(wait, 1)})
+                await asyncio.sleep(wait)
+                continue
+            url = await self._target()
+            if url is None:
+                continue
+            self.limiter.note()
+            self.connect_attempts += 1
+            reason = await self._session_once(url)
+            self.connected = False
+            self._after_session(reason)
+            if self._stopping:
+                break
+            self.reconnects += 1
+            if self._reconnect_now:
+                self._reconnect_now = False
+                if self.last_healthy:
+                    continue  # rotation of a healthy connection: reconnect promptly (still limited)
+            delay = self.backoff.next_delay()
+            extra = {"reason": reason, "retry_in_s": round(delay, 3)}
+            log.warning("%s disconnected", self.label, extra=extra)
+            await asyncio.sleep(delay)
+
+    async def _session_once(self, url: str) -> str:
+        try:
+            ws = await self.session.ws_connect(
+                url,
+                autoping=True,
+                max_msg_size=MAX_MESSAGE_BYTES * 4,
+                # A stalled peer never answers our close frame: do not wait long for it.
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout_s),
+                # msgspec parses the bytes as they came; a str copy per frame would be wasted work.
+                decode_text=False,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return f"connect_failed:{type(exc).__name__}"
+        self._ws = ws
+        self._opened_monotonic = time.monotonic()
+        healthy_at = self._opened_monotonic + self.healthy_after_s
+        proven = False
+        try:
+            await self._on_open(ws)
+            handler = self.on_message
+            end = self.end_token
+            receive = ws.receive
+            text = aiohttp.WSMsgType.TEXT
+            binary = aiohttp.WSMsgType.BINARY
+            while True:
+                msg = await receive()
+                kind = msg.type
+                if kind is text or kind is binary:
+                    self.frames += 1  # the market-data watchdog turns frame counts into staleness
+                    if handler(msg.data) is end:
+                        self._reconnect_now = True
+                        return self.end_reason
+                    if not proven and (self.frames & 63) == 0 and time.monotonic() >= healthy_at:
+                        proven = True  # stayed up and streaming long enough: forget past failures
+                        self.backoff.reset()
+                    continue
+                if kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    return "closed_by_server"
+                if kind is aiohttp.WSMsgType.ERROR:
+                    return "socket_error"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return f"error:{type(exc).__name__}"
+        finally:
+            self.connected = False
+            self._ws = None
+            self.last_healthy = time.monotonic() >= healthy_at
+            if not proven and self.last_healthy:
+                self.backoff.reset()  # a quiet but long-lived connection was healthy too
+            self._on_session_end()
+            await close_bounded(ws, self.close_timeout_s)
+
+
+class MarketDataClient(ReconnectingStream):
+    """Connects to `<ws_url>/stream`, SUBSCRIBEs, feeds every frame to `on_message`.
+
+    Reconnects forever (see ReconnectingStream); a watchdog closes silent (stalled) sockets;
+    `serverShutdown` and connection age trigger a prompt reconnect. `on_connected` runs after each
+    subscription (the engine uses it for REST catch-up and reconciliation).
+    """
+
+    label = "market data"
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         ws_url: str,
         symbols: Sequence[str],
-        on_message: Callable[[str], object],
+        on_message: Callable[[str | bytes], object],
         on_connected: Callable[[], Awaitable[None]] | None = None,
         on_disconnected: Callable[[str], None] | None = None,
         stale_after_s: float = 5.0,
@@ -349,31 +598,18 @@ class MarketDataClient:
         limiter: ConnectLimiter | None = None,
         close_timeout_s: float = 1.0,
     ) -> None:
-        self.session = session
+        super().__init__(session, on_message, backoff, limiter, healthy_after_s, close_timeout_s)
         self.ws_url = ws_url.rstrip("/")
         self.path = path
         self.streams = [f"{s.lower()}@{kind}" for s in symbols for kind in ("trade", "bookTicker")]
-        self.on_message = on_message
+        register_streams(self.streams)
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
         self.stale_after_s = stale_after_s
         self.max_age_s = max_age_s
-        self.backoff = backoff or Backoff()
-        self.healthy_after_s = healthy_after_s
-        self.limiter = limiter or ConnectLimiter()
-        self.close_timeout_s = close_timeout_s
-        self.connected = False
-        self.reconnects = 0
-        self.connect_attempts = 0
         self.last_message_monotonic = 0.0
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._stopping = False
-        self._reconnect_now = False
-        self._opened_monotonic = 0.0
         self.stale_reconnects = 0
-        self.frames = 0
         self._frames_seen = 0
-        self.last_healthy = False
 
     @property
     def staleness_s(self) -> float:
@@ -391,93 +627,26 @@ class MarketDataClient:
     def is_fresh(self) -> bool:
         return self.connected and self.staleness_s < self.stale_after_s
 
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._ws is not None:
-            await close_bounded(self._ws, self.close_timeout_s)
-
     async def run(self) -> None:
         watchdog = asyncio.create_task(self._watchdog())
         try:
-            while not self._stopping:
-                wait = self.limiter.wait_s()
-                if wait > 0:
-                    log.warning("market data connection limit reached", extra={"retry_in_s": round(wait, 1)})
-                    await asyncio.sleep(wait)
-                    continue
-                self.limiter.note()
-                self.connect_attempts += 1
-                reason = await self._session_once()
-                self.connected = False
-                if self.on_disconnected is not None:
-                    self.on_disconnected(reason)
-                if self._stopping:
-                    break
-                self.reconnects += 1
-                if self._reconnect_now:
-                    self._reconnect_now = False
-                    if self.last_healthy:
-                        continue  # rotation of a healthy connection: reconnect promptly (still limited)
-                delay = self.backoff.next_delay()
-                log.warning(
-                    "market data disconnected", extra={"reason": reason, "retry_in_s": round(delay, 3)}
-                )
-                await asyncio.sleep(delay)
+            await super().run()
         finally:
             watchdog.cancel()
 
-    async def _session_once(self) -> str:
-        try:
-            ws = await self.session.ws_connect(
-                f"{self.ws_url}{self.path}",
-                autoping=True,
-                max_msg_size=MAX_MESSAGE_BYTES * 4,
-                # A stalled peer never answers our close frame: do not wait long for it.
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout_s),
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return f"connect_failed:{type(exc).__name__}"
-        self._ws = ws
-        self._opened_monotonic = time.monotonic()
-        healthy_at = self._opened_monotonic + self.healthy_after_s
-        proven = False
-        try:
-            await ws.send_bytes(orjson.dumps({"method": "SUBSCRIBE", "params": self.streams, "id": 1}))
-            self.connected = True
-            self.last_message_monotonic = time.monotonic()
-            if self.on_connected is not None:
-                await self.on_connected()
-            handler = self.on_message
-            receive = ws.receive
-            text = aiohttp.WSMsgType.TEXT
-            while True:
-                msg = await receive()
-                if msg.type is text:
-                    self.frames += 1  # the watchdog turns frame counts into staleness
-                    if handler(msg.data) is SERVER_SHUTDOWN:
-                        self._reconnect_now = True
-                        return "server_shutdown"
-                    if not proven and (self.frames & 63) == 0 and time.monotonic() >= healthy_at:
-                        proven = True  # stayed up and streaming long enough: forget past failures
-                        self.backoff.reset()
-                    continue
-                if msg.type is aiohttp.WSMsgType.BINARY:
-                    self.frames += 1
-                    handler(msg.data)
-                    continue
-                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
-                    return "closed_by_server"
-                if msg.type is aiohttp.WSMsgType.ERROR:
-                    return "socket_error"
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return f"error:{type(exc).__name__}"
-        finally:
-            self.connected = False
-            self._ws = None
-            self.last_healthy = time.monotonic() >= healthy_at
-            if not proven and self.last_healthy:
-                self.backoff.reset()  # a quiet but long-lived connection was healthy too
-            await close_bounded(ws, self.close_timeout_s)
+    async def _target(self) -> str:
+        return f"{self.ws_url}{self.path}"
+
+    async def _on_open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        await ws.send_bytes(orjson.dumps({"method": "SUBSCRIBE", "params": self.streams, "id": 1}))
+        self.connected = True
+        self.last_message_monotonic = time.monotonic()
+        if self.on_connected is not None:
+            await self.on_connected()
+
+    def _after_session(self, reason: str) -> None:
+        if self.on_disconnected is not None:
+            self.on_disconnected(reason)
 
     async def _watchdog(self) -> None:
         """Close silent or too-old sockets; the run loop then reconnects and resubscribes."""

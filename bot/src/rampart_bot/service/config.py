@@ -7,10 +7,13 @@ import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ..core.risk import RiskLimits, SymbolRules
+
+if TYPE_CHECKING:
+    from ..adapters.secrets import SecretsProvider
 
 
 class ConfigError(Exception):
@@ -257,6 +260,7 @@ def _risk(where: str, value: Any, base: RiskLimits) -> tuple[RiskLimits, bool]:
     unknown = set(value) - known
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+
     # Keys not given keep the base limits (already Decimals); only given values are parsed.
     def dec(key: str) -> Decimal:
         return _dec(f"{where}.{key}", value[key]) if key in value else getattr(base, key)
@@ -340,6 +344,28 @@ def venue_ssl_context(venue: VenueConfig) -> ssl.SSLContext | bool:
     if not venue.ca_file:
         return True
     return ssl.create_default_context(cafile=venue.ca_file)
+
+
+def provider_for(cfg: BotConfig) -> SecretsProvider:
+    """The secrets provider the config names. Imported on use: the providers pull in aiohttp, and
+    `--check-config` should not pay for more than it checks."""
+    from ..adapters.secrets import CredentialsDirProvider, DotEnvProvider, VaultProvider
+
+    s = cfg.secrets
+    if s.provider == "dotenv":
+        return DotEnvProvider(s.dotenv_path)
+    if s.provider == "vault":
+        v = s.vault
+        return VaultProvider(
+            v.addr,
+            v.role_id_file,
+            v.secret_id_file,
+            v.kv_mount,
+            v.kv_path,
+            v.approle_mount,
+            v.ca_file or None,
+        )
+    return CredentialsDirProvider(s.credentials_dir or None)
 
 
 def load_config(path: str | Path) -> BotConfig:

@@ -1,20 +1,22 @@
-"""`rampart-bot` console script."""
+"""`rampart-bot` console script.
+
+Start-up time matters (systemd restarts, `--check-config` in deploy checks): modules are imported
+where they are first needed, so checking a config never loads the engine, the database layer or
+the HTTP server, and nothing runs at import time.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
-import tempfile
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..adapters.secrets import REQUIRED_SECRETS, SecretsError, SecretsProvider, StaticProvider
-from .config import BotConfig, ConfigError, load_config, parse_config
+from .config import BotConfig, ConfigError, load_config, parse_config, provider_for
 from .logs import setup_logging
-from .runtime import BotRuntime, provider_for
-from .sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from ..adapters.secrets import SecretsProvider
 
 log = logging.getLogger("rampart_bot")
 
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(f"config error: {exc}", 2)
     setup_logging(cfg.log_level)
+    import asyncio
+
+    from ..adapters.secrets import SecretsError, StaticProvider
 
     if args.paper_with_sim:
         if cfg.mode != "paper":
@@ -71,6 +76,8 @@ class _StartupError(Exception):
 
 
 async def _serve(cfg: BotConfig, provider: SecretsProvider, with_sim: bool, check_only: bool) -> None:
+    from ..adapters.secrets import REQUIRED_SECRETS, SecretsError
+
     # Secrets load inside the serving loop so Vault token renewal keeps running with the service.
     try:
         secrets = await provider.load(REQUIRED_SECRETS)
@@ -81,8 +88,17 @@ async def _serve(cfg: BotConfig, provider: SecretsProvider, with_sim: bool, chec
         await provider.close()
         print(f"rampart-bot: config OK ({cfg.mode} mode), secrets OK from {provider.description}")
         return
+    import asyncio
+    import signal
+
+    from .runtime import BotRuntime
+    from .sdnotify import Notifier
+
     sim = None
     if with_sim:
+        import tempfile
+        from pathlib import Path
+
         from ..sim.server import SimServer
 
         sim = SimServer(DEMO_SECRETS["api_key"], DEMO_SECRETS["api_secret"], tick_interval_s=0.05)

@@ -12,8 +12,6 @@ from ..adapters.binance_rest import BinanceRest
 from ..adapters.persistence import Store
 from ..adapters.secrets import (
     REQUIRED_SECRETS,
-    CredentialsDirProvider,
-    DotEnvProvider,
     Secret,
     SecretsProvider,
     VaultProvider,
@@ -23,24 +21,6 @@ from .config import BotConfig, venue_ssl_context
 from .engine import Engine
 
 log = logging.getLogger("rampart_bot")
-
-
-def provider_for(cfg: BotConfig) -> SecretsProvider:
-    s = cfg.secrets
-    if s.provider == "dotenv":
-        return DotEnvProvider(s.dotenv_path)
-    if s.provider == "vault":
-        v = s.vault
-        return VaultProvider(
-            v.addr,
-            v.role_id_file,
-            v.secret_id_file,
-            v.kv_mount,
-            v.kv_path,
-            v.approle_mount,
-            v.ca_file or None,
-        )
-    return CredentialsDirProvider(s.credentials_dir or None)
 
 
 async def _bind(site: web.TCPSite, what: str) -> None:
