@@ -121,6 +121,13 @@ class FakeVenue:
             raise OrderNotFound(400, None, "no such order")
         return self.orders[client_order_id]
 
+    async def query_order_by_id(self, symbol: str, exchange_order_id: int) -> VenueOrder:
+        self.calls.append(("query_by_id", str(exchange_order_id)))
+        for order in self.orders.values():
+            if order.exchange_order_id == exchange_order_id:
+                return order
+        raise OrderNotFound(400, None, "no such order")
+
     async def cancel_order(self, symbol: str, client_order_id: str) -> VenueOrder:
         self.calls.append(("cancel", client_order_id))
         if client_order_id not in self.open_ids():
@@ -294,3 +301,26 @@ async def test_orders_older_than_max_age_are_cancelled() -> None:
     assert await engine.supervisor.cancel_aged() == 1
     assert order.status is OrderStatus.CANCELED and venue.open_ids() == set()
     assert ("cancel", order.client_order_id) in venue.calls
+
+
+# -- 5. a database restored from a backup older than an order gets that order back from the venue ----------
+@pytest.mark.asyncio
+async def test_an_order_missing_from_a_restored_database_is_recovered_with_its_fill() -> None:
+    first, venue = await ready_engine()
+    order = first.gateway.submit_intent(buy())
+    assert order is not None
+    await settle(first)
+    trade = venue.fill(order.client_order_id)
+
+    # The database is restored from a backup taken before the order: a new process starts on an empty one.
+    restored = Store("sqlite://")
+    restored.migrate()
+    second, _ = await ready_engine(restored, venue)
+    await settle(second)
+    local = second.tracker.orders.get(order.client_order_id)
+    assert local is not None and local.status is OrderStatus.FILLED and local.reason == "recovered"
+    assert [o.client_order_id for o in second.store.load_orders()] == [order.client_order_id]
+    fills = second.store.load_fills()
+    assert [(f.trade_id, f.client_order_id) for f in fills] == [(trade.trade_id, order.client_order_id)]
+    assert second.metrics.mismatches["unknown_closed_order"] == 1
+    assert "fill_for_unknown_order" not in second.metrics.mismatches

@@ -259,6 +259,11 @@ class BinanceRest:
             schema=vt.OrderResp,
         )
 
+    async def query_order_by_id(self, symbol: str, order_id: int) -> dict[str, Any]:
+        return await self._request(
+            "GET", "/api/v3/order", {"symbol": symbol, "orderId": order_id}, schema=vt.OrderResp
+        )
+
     async def cancel_order(self, symbol: str, client_order_id: str) -> dict[str, Any]:
         return await self._request(
             "DELETE",
@@ -463,6 +468,9 @@ class BinanceVenue:
 
     async def query_order(self, symbol: str, client_order_id: str) -> VenueOrder:
         return venue_order(await self.rest.query_order(symbol, client_order_id))
+
+    async def query_order_by_id(self, symbol: str, exchange_order_id: int) -> VenueOrder:
+        return venue_order(await self.rest.query_order_by_id(symbol, exchange_order_id))
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> VenueOrder:
         return venue_order(await self.rest.cancel_order(symbol, client_order_id))

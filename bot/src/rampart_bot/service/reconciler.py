@@ -185,6 +185,8 @@ class Reconciler(Part):
             last = tracker.max_trade_id.get(symbol)
             from_id = last + 1 if last is not None else None
             for fill in await self.venue.trades(symbol, from_id=from_id):
+                if (symbol, fill.order_id) not in tracker.by_exchange_id:
+                    await self._adopt_closed(symbol, fill.order_id)
                 ledger.apply_trade(fill)
             venue_open = {o.client_order_id: o for o in await self.venue.open_orders(symbol)}
             for order in tracker.open_orders(symbol):
@@ -237,6 +239,35 @@ class Reconciler(Part):
         if order.status not in (OrderStatus.PENDING, OrderStatus.UNKNOWN) and resp.status != order.status:
             self.metrics.mismatch("order_status")
         ledger.apply_venue_order(order, resp)
+
+    async def _adopt_closed(self, symbol: str, exchange_order_id: int) -> None:
+        """A trade of an order we have no record of (say, a database restored from a backup older than the
+        order): ask the venue for the order and record it, so orders and fills match the venue again."""
+        try:
+            remote = await self.venue.query_order_by_id(symbol, exchange_order_id)
+        except (OrderNotFound, *CALL_FAILED):
+            return  # the fill is still applied; the order is looked up again with its next trade
+        if remote.client_order_id in self.tracker.orders or remote.side is None:
+            return  # known by its client id (its exchange id was never recorded): the order paths settle it
+        self.metrics.mismatch("unknown_closed_order")
+        self.ledger.persist_event("order_recovered", {"client_order_id": remote.client_order_id,
+                                                      "exchange_order_id": exchange_order_id})
+        order = Order(
+            client_order_id=remote.client_order_id,
+            symbol=remote.symbol,
+            side=remote.side,
+            order_type=remote.order_type,
+            qty=remote.qty,
+            price=remote.price,
+            status=remote.status or OrderStatus.FILLED,
+            exchange_order_id=remote.exchange_order_id,
+            executed_qty=remote.executed_qty or ZERO,
+            created_ms=remote.time_ms,
+            updated_ms=int(self.clock() * 1000),
+            reason="recovered",
+        )
+        self.tracker.add(order)
+        self.ledger.save(order)
 
     def _adopt(self, remote: VenueOrder, local: Order | None) -> None:
         """The venue has an open order we think is closed or never knew: take the venue's word."""
