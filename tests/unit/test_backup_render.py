@@ -51,7 +51,7 @@ def test_jobs_follow_what_the_host_runs():
     approle = client_config({"backup_client_vault_approle": True}, vault={"address": "10.0.4.5", "port": 8200})
     job = approle["jobs"]["vault"]
     assert job["command"] == ["/usr/bin/python3", "/usr/local/sbin/rampart-vault-snapshot", "{output}"]
-    assert job["env"]["RAMPART_VAULT_SECRET_ID_FILE"] == "/etc/credstore/rampart-backup.vault-secret-id"
+    assert job["env"]["RAMPART_VAULT_SECRET_ID_FILE"] == "/etc/credstore/rampart-backup.vault-secret-id"  # noqa: S105
 
 
 def test_no_secret_in_rendered_files():
