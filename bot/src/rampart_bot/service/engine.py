@@ -197,43 +197,36 @@ class Engine:
 
     # -- market data hot path ------------------------------------------------------------------
     def on_raw(self, raw: str | bytes) -> object:
-        self._current_tick_ns = time.perf_counter_ns()
+        # The hot path, one function: parse -> book or tape -> strategy -> order (a call per frame saved).
+        now_ns = self._current_tick_ns = time.perf_counter_ns()
         event = parse_market_message(raw, self.parse_stats)
         if event is None:
             return None
         cls = type(event)
         if cls is BookTicker:
-            self._on_book(event)  # type: ignore[arg-type]
+            book = self.books.get(event.symbol)  # type: ignore[union-attr]
+            if book is None:
+                self.parse_stats.drop("unknown_symbol", event)
+            elif not book.apply(event, now_ns):  # type: ignore[arg-type]
+                self._refused(book.reject, event, book.band)
+            else:
+                intent = self.strategy.on_book(book, self.tracker)
+                if intent is not None:
+                    self._submit(intent, now_ns)
         elif cls is Trade:
-            self._on_trade(event)  # type: ignore[arg-type]
+            tape = self.tapes.get(event.symbol)  # type: ignore[union-attr]
+            if tape is None:
+                self.parse_stats.drop("unknown_symbol", event)
+            elif not tape.apply(event):  # type: ignore[arg-type]
+                self._refused(tape.reject, event, tape.band)
+            else:
+                intent = self.strategy.on_trade(tape, self.tracker)
+                if intent is not None:
+                    self._submit(intent, now_ns)
         elif cls is ServerShutdown:
             log.info("venue announced serverShutdown; reconnecting")
             return SERVER_SHUTDOWN
         return event
-
-    def _on_book(self, tick: BookTicker) -> None:
-        book = self.books.get(tick.symbol)
-        if book is None:
-            self.parse_stats.drop("unknown_symbol", tick)
-            return
-        if not book.apply(tick, self._current_tick_ns):
-            self._refused(book.reject, tick, book.band)
-            return
-        intent = self.strategy.on_book(book, self.tracker)
-        if intent is not None:
-            self._submit(intent, self._current_tick_ns)
-
-    def _on_trade(self, trade: Trade) -> None:
-        tape = self.tapes.get(trade.symbol)
-        if tape is None:
-            self.parse_stats.drop("unknown_symbol", trade)
-            return
-        if not tape.apply(trade):
-            self._refused(tape.reject, trade, tape.band)
-            return
-        intent = self.strategy.on_trade(tape, self.tracker)
-        if intent is not None:
-            self._submit(intent, self._current_tick_ns)
 
     def _refused(self, reason: str, event: object, band: PriceBand) -> None:
         """A well-formed frame the book or tape refused: a replay is normal, anything else a feed fault."""
