@@ -97,12 +97,30 @@ def test_verify_restore_of_100k_orders_meets_the_targets(loaded):
     assert sql(env, "rampart_drill_scratch", "SELECT count(*) FROM fills").strip() == str(ORDERS)
 
 
-def test_db_counts(loaded):
+def _window(env, before: dict, after: dict, since_ms: int = 0) -> dict:
+    rc, out, err = probe(env, "window", "rampart", "public", json.dumps(before), json.dumps(after), str(since_ms))
+    assert rc == 0, (out, err)
+    return out
+
+
+def test_window_counts_what_the_database_holds_of_the_exchanges_id_ranges(loaded):
+    """Drills a and c count by the exchange's id ranges between two /sim/state readings (orders here have
+    exchange ids 1..100k, their fills trade ids equal to them)."""
     _, env, _, _ = loaded
-    rc, out, _ = probe(env, "db-counts", "rampart")
-    assert rc == 0
-    assert out == {"orders": ORDERS, "orders_on_exchange": ORDERS,
-                   "fills": {"BTCUSDT": ORDERS // 2, "ETHUSDT": ORDERS // 2}}
+    whole = _window(env, {"next_order_id": 50_001, "next_trade_id": 50_001},
+                    {"next_order_id": 50_101, "next_trade_id": 50_101})
+    assert whole == {"exchange_orders": 100, "exchange_trades": 100, "orders": 100, "fills": 100,
+                     "orders_lost": 0, "orders_duplicated": 0, "fills_lost": 0}
+    # Past the last stored order: the exchange made ids the database does not have.
+    late = _window(env, {"next_order_id": ORDERS - 9, "next_trade_id": ORDERS - 4},
+                   {"next_order_id": ORDERS + 11, "next_trade_id": ORDERS + 6})
+    assert (late["orders_lost"], late["fills_lost"]) == (10, 5)
+    # Rows older than since_ms belong to an earlier life of the simulator and are left out.
+    recent = _window(env, {"next_order_id": 50_001, "next_trade_id": 50_001},
+                     {"next_order_id": 50_101, "next_trade_id": 50_101}, 1_700_000_000_000 + 50_051)
+    assert (recent["orders"], recent["fills"]) == (50, 55)
+    rc, out, _ = probe(env, "window", "rampart", "public; drop table orders", "{}", "{}", "0")
+    assert rc == 1 and "not a plain identifier" in out["error"]
 
 
 def test_a_restore_that_differs_is_reported(loaded, monkeypatch):
