@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 say() { printf 'setup: %s\n' "$*"; }
 
 # Controller packages (Debian bookworm): the lab (its apt proxy, its time source), VPN keys (wg on the controller)
-# and the bot tests' PostgreSQL.
+# the bot tests' PostgreSQL, and python3-psycopg2 (the postgres role's objects run as the postgres user with
+# the system python in tests/unit/test_data_postgres.py, as on a Debian host).
 # Always without recommends (wireguard-tools would pull a 107 MB kernel).
 APT_PACKAGES=(python3-venv debootstrap systemd-container apt-cacher-ng nftables iproute2 openssh-client
-              wireguard-tools postgresql chrony
+              wireguard-tools postgresql python3-psycopg2 chrony
               prometheus prometheus-alertmanager prometheus-node-exporter prometheus-blackbox-exporter
               prometheus-postgres-exporter systemd-journal-remote conntrack aide restic openssh-server
               openssh-sftp-server)
