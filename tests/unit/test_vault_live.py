@@ -105,7 +105,7 @@ class Lab:
         self.inventory.write_text(yaml.safe_dump({"all": {
             "vars": {"rampart_environment": "lab", "vault_config_ca_file": str(self.ca),
                      "vault_config_ceremony_dir": str(self.ceremony), "vault_config_lab_gnupghome": str(self.gnupg),
-                     "vault_config_credstore": str(self.credstore),
+                     "vault_config_credstore": str(self.credstore), "vault_data_dir": str(tmp / "data"),
                      "vault_config_services": [{"name": "bot", "host": "testbot"},
                                                {"name": "other", "host": "testbot", "token_ttl": "10m"}],
                      "vault_config_secrets": [{"path": "bot/exchange", "data": {"api_key": CANARY}},
@@ -302,6 +302,21 @@ def test_second_run_changes_nothing(lab):
     assert counts["vault01"]["changed"] == 0 and counts["vault01"]["failed"] == 0, done.stdout[-3000:]
     assert (lab.credstore / "rampart-bot.vault-secret-id").read_text() == before, "secret-id re-issued"
     assert "already initialised" in done.stdout
+    # Nothing to change: no root token was made, Vault was not even read (the digest matched).
+    assert "skipping the token ceremony" in done.stdout and "Generate a root token" not in done.stdout
+    audit_before = lab.audit.stat().st_size
+    # A drift check on demand reads everything back (and still changes nothing).
+    full = lab.ansible(ROOT / "playbooks/vault-init.yml", extra={"vault_config_full": True})
+    counts = recap(full.stdout)
+    assert counts["vault01"]["changed"] == 0 and counts["vault01"]["failed"] == 0, full.stdout[-3000:]
+    assert "skipping the token ceremony" not in full.stdout and "Generate a root token" in full.stdout
+    assert lab.audit.stat().st_size > audit_before
+    # A changed secret is a different digest: the next converge applies it in full.
+    changed = lab.ansible(ROOT / "playbooks/vault-init.yml", extra={"vault_config_secrets": [
+        {"path": "bot/exchange", "data": {"api_key": CANARY + "-2"}}, {"path": "other/db", "data": {"password": "x"}}]})
+    assert "skipping the token ceremony" not in changed.stdout and recap(changed.stdout)["vault01"]["failed"] == 0
+    restore = lab.ansible(ROOT / "playbooks/vault-init.yml")  # the fixture's secrets again, for later tests
+    assert recap(restore.stdout)["vault01"]["failed"] == 0
 
 
 def test_audit_device_writes_hmaced_records(lab):
