@@ -154,6 +154,10 @@ class Lab:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # gpg started an agent for the lab operators' keyring; it would outlive the test session
+        if self.gnupg.is_dir() and shutil.which("gpgconf"):
+            subprocess.run(["gpgconf", "--homedir", str(self.gnupg), "--kill", "gpg-agent"], capture_output=True,
+                           check=False)
 
     # --- API ---
     def call(self, method: str, path: str, token: str | None = None, body=None) -> tuple[int, dict]:
@@ -219,12 +223,14 @@ def lab(tmp_path_factory):
     lab = Lab(tmp_path_factory.mktemp("vault"), bao)
     lab.render_config()
     lab.start()
-    started = time.monotonic()
-    lab.first_init = lab.ansible(ROOT / "playbooks/vault-init.yml")
-    lab.init_seconds = time.monotonic() - started
-    print(f"\nvault-init.yml (init + unseal + configure + revoke) on a fresh OpenBao: {lab.init_seconds:.1f}s")
-    yield lab
-    lab.stop()
+    try:  # a failed init must not leave the server running (it held its port for the rest of the session)
+        started = time.monotonic()
+        lab.first_init = lab.ansible(ROOT / "playbooks/vault-init.yml")
+        lab.init_seconds = time.monotonic() - started
+        print(f"\nvault-init.yml (init + unseal + configure + revoke) on a fresh OpenBao: {lab.init_seconds:.1f}s")
+        yield lab
+    finally:
+        lab.stop()
 
 
 # --- the ceremony ------------------------------------------------------------------------------------------
