@@ -143,6 +143,6 @@ def initialised_unsealed(facts: Facts) -> None:
     assert health is not None, "the collector gathers no vault_health (wiring missing, see docs/vault.md)"
     assert health.get("ok"), f"/v1/sys/health unreachable: {health.get('error')}"
     h = health["health"]
-    assert h.get("initialized"), "not initialised (playbooks/vault-init.yml)"
-    assert not h.get("sealed"), "SEALED (playbooks/vault-unseal.yml)"
+    assert h.get("initialized"), "not initialised (playbooks/secrets-server-init.yml)"
+    assert not h.get("sealed"), "SEALED (playbooks/secrets-server-unseal.yml)"
     assert not h.get("standby") or h.get("performance_standby") is not None, "no active raft leader"

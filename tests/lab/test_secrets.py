@@ -167,7 +167,7 @@ def test_ansible_output_never_shows_the_canary(topo):
     """A converge of the secret-handling plays, verbose, prints no secret value."""
     canary = _lab_secrets()["secret_lab_exchange_api_secret"]
     proc = subprocess.run([str(lab.ROOT / ".venv/bin/ansible-playbook"), "-v", "--vault-id",
-                           "lab@scripts/vault-pass-client.py", "playbooks/vault.yml"],
+                           "lab@scripts/vault-pass-client.py", "playbooks/secrets-server.yml"],
                           cwd=lab.ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert canary not in proc.stdout and canary not in proc.stderr

@@ -90,10 +90,10 @@ class Client:
     def require_unsealed(self) -> dict:
         h = self.health()
         if not h.get("initialized"):
-            raise VaultError(f"{self.url} is not initialised: run playbooks/vault-init.yml first "
+            raise VaultError(f"{self.url} is not initialised: run playbooks/secrets-server-init.yml first "
                              "(docs/vault.md, Init ceremony); nothing was changed")
         if h.get("sealed"):
-            raise VaultError(f"{self.url} is SEALED: run playbooks/vault-unseal.yml first (docs/vault.md, Unseal); "
+            raise VaultError(f"{self.url} is SEALED: run playbooks/secrets-server-unseal.yml first (docs/vault.md, Unseal); "
                              "nothing was changed")
         return h
 
@@ -321,7 +321,7 @@ def init(c: Client, pgp_keys: list[str], root_key: str, shares: int, threshold: 
 def unseal(c: Client, keys: list[str]) -> dict:
     h = c.health()
     if not h.get("initialized"):
-        raise VaultError(f"{c.url} is not initialised: run playbooks/vault-init.yml")
+        raise VaultError(f"{c.url} is not initialised: run playbooks/secrets-server-init.yml")
     if not h.get("sealed"):
         return {"changed": False, "sealed": False}
     status = {}
