@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from decimal import Decimal as D
+from typing import Any
+from urllib.parse import urlencode
+
 import aiohttp
 import pytest
 
@@ -8,6 +12,7 @@ from rampart_bot.adapters.binance_rest import (
     ClockSkew,
     OrderNotFound,
     VenueError,
+    encode_query,
     fmt_decimal,
     sign,
 )
@@ -24,6 +29,19 @@ def test_binance_published_signature_example() -> None:
         "&recvWindow=5000&timestamp=1499827319559"
     )
     assert sign(secret, payload) == "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71"
+
+
+def test_encode_query_is_urlencode() -> None:
+    cases: list[dict[str, Any]] = [
+        {"symbol": "BTCUSDT", "side": "BUY", "newClientOrderId": "rb-18f3_a.b~c", "quantity": D("0.001")},
+        {"newClientOrderId": "abc:def", "symbol": "BTCUSDT"},  # Binance-legal id that must be escaped
+        {"q": "a b&c=d/é", "n": 5, "flag": True},
+        {"bytes": b"x y", "empty": ""},
+        {"k y": "v", 7: "int key"},
+        {},
+    ]
+    for params in cases:
+        assert encode_query(params) == urlencode(params)
 
 
 def test_fmt_decimal_has_no_exponent() -> None:

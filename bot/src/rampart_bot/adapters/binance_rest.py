@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -60,6 +61,7 @@ __all__ = [
     "TransportError",
     "UnknownOutcome",
     "VenueError",
+    "encode_query",
     "fmt_decimal",
     "sign",
 ]
@@ -75,6 +77,22 @@ def _decode(body: bytes, schema: Any) -> Any:
         return msgspec.to_builtins(dec.decode(body))
     except msgspec.MsgspecError as exc:
         raise BadResponse(f"malformed venue answer: {str(exc)[:200]}") from None
+
+
+# Characters quote_plus leaves alone: a value made only of these is its own encoding.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
+
+
+def encode_query(params: dict[str, Any]) -> str:
+    """Exactly `urlencode(params)`, minus its per-character work for the plain symbols, ids and
+    decimals an order carries (urlencode was a few microseconds of every order's pre-send path)."""
+    parts = []
+    for key, value in params.items():
+        text = value if type(value) is str else str(value)
+        if type(key) is not str or _UNRESERVED(key) is None or _UNRESERVED(text) is None:
+            return urlencode(params)
+        parts.append(f"{key}={text}")
+    return "&".join(parts)
 
 
 def sign(secret: bytes, payload: str) -> str:
@@ -181,7 +199,7 @@ class BinanceRest:
                 raise IpBanned(418, None, "banned: not sending", wait)
             raise RateLimited(429, None, "backing off", wait)
         self.banned = False
-        query = urlencode(params) if params else ""
+        query = encode_query(params) if params else ""
         if signed:
             extra = f"recvWindow={self.recv_window_ms}&timestamp={self.now_ms()}"
             query = f"{query}&{extra}" if query else extra

@@ -97,16 +97,17 @@ class OrderGateway(Part):
         return order
 
     async def _send(self, order: Order, tick_ns: int = 0) -> None:
-        if tick_ns:
-            # Tick-to-order: from the frame's arrival to the request being issued (the HTTP write
-            # happens synchronously inside the submit on a kept-alive connection).
-            elapsed = (time.perf_counter_ns() - tick_ns) / 1e9
-            self.metrics.tick_to_order.observe(elapsed)
-            self.latency_samples.append(elapsed)
+        # Tick-to-order: from the frame's arrival to this task taking the order to the venue. Only
+        # the clock is read here; the histogram (it takes a lock) is fed once the request is out.
+        started_ns = time.perf_counter_ns() if tick_ns else 0
         try:
             await self._send_until_known(order, tick_ns)
         finally:
             self.tracker.in_flight.discard(order.client_order_id)
+            if tick_ns:
+                elapsed = (started_ns - tick_ns) / 1e9
+                self.metrics.tick_to_order.observe(elapsed)
+                self.latency_samples.append(elapsed)
             await self.shared.notify()
         if self.risk.state is TradingState.HALTED and order.status.is_open and order.exchange_order_id:
             # Accepted after the kill switch fired: cancel it too.

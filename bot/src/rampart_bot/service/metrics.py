@@ -47,7 +47,7 @@ class Metrics:
         )
         self.tick_to_order = Histogram(
             "rampart_bot_tick_to_order_seconds",
-            "Time from receiving the market data frame to the order request being issued",
+            "Time from receiving the market data frame to the order leaving for the venue (send task start)",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
