@@ -40,7 +40,8 @@ lint: setup
 	@echo "== ansible-lint (production profile)"; $(BIN)/ansible-lint --offline -q --profile production
 
 unit: setup
-	@echo "== unit tests (topology, rendering, Pulumi mocks)"; scripts/pytest.sh tests/unit tests/pulumi
+	@echo "== unit tests (topology, rendering, Pulumi mocks; two workers, one test file per worker at a time)"
+	@scripts/pytest.sh -n2 --dist=loadfile tests/unit tests/pulumi
 	@echo "== bot tests (core, simulator faults, SQLite + PostgreSQL)"; cd bot && ../scripts/pytest.sh tests
 
 test-lab: setup              ## lab up, converge twice (idempotence), testinfra suites, lab down
