@@ -57,6 +57,7 @@ def main(env: str = "lab") -> None:
     ping, _ = timed([str(bin_ / "ansible"), "-i", f"inventory/{env}", "all", "-m", "ansible.builtin.ping"])
     lab.down()
     tasks = tasks_per_host(recap)
+    changed = sum(int(n) for n in re.findall(r"^\S+\s+: ok=\d+\s+changed=(\d+)", recap, re.M))
     rows = [
         ("hosts", f"{len(ready)}", ""),
         ("lab up → all SSH-ready (base cached)", f"{up:.1f} s", "target ≤ 15 s"),
@@ -65,6 +66,7 @@ def main(env: str = "lab") -> None:
         ("no-op reconverge", f"{noop:.1f} s", "target ≤ 45 s with the service roles (issue 8)"),
         ("baseline: ansible all -m ping", f"{ping:.1f} s", ""),
         ("no-op reconverge / ping baseline", f"{noop / ping:.1f}×", "target ≤ 2×"),
+        ("tasks changed by the no-op", f"{changed}", "must be 0 (idempotence)"),
         ("tasks per host in the no-op", ", ".join(f"{h} {n}" for h, n in sorted(tasks.items())), ""),
     ]
     print("\nlab benchmark")
