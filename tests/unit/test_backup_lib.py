@@ -20,6 +20,7 @@ from typing import Any
 import jinja2
 import pytest
 from hardening_templates import ROOT, _environment, role_vars
+from support.net import free_port
 
 RESTIC = shutil.which("restic")
 SSHD = "/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None
@@ -83,12 +84,6 @@ def render(role: str, template: str, **overrides: Any) -> str:
     env.filters["int"] = int
     env.undefined = jinja2.StrictUndefined
     return env.get_template(template).render(ansible_managed="test", **values)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def restic(repo: str, password_file: Path, *args: str, extra: tuple[str, ...] = (),

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
+from support.net import free_port
 from test_data_support import ROOT, ca_vars, inventory, issue_playbook, run_playbook, sample_host_view, write_playbook
 
 ROLE = ROOT / "roles" / "postgres"
@@ -202,12 +202,6 @@ def _initdb(data: Path) -> None:
                     "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
 
 
-def _free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
     if not (BIN / "postgres").exists() or os.geteuid() != 0:
@@ -218,8 +212,8 @@ def server():
         shutil.chown(tmp / d, "postgres", "postgres")
     (tmp / "sock").chmod(0o755)
     _initdb(tmp / "db" / "data")
-    port = _free_port()
-    host = sample_host_view(port=port, exporter_port=_free_port("127.0.0.2"))
+    port = free_port()
+    host = sample_host_view(port=port, exporter_port=free_port("127.0.0.2"))
     inv = inventory(tmp, hostvars={"rampart_host": host})
     # The database objects run as the postgres user (become su), with the system python and its psycopg2, as on
     # a Debian host (the venv's interpreter lives under /root, which postgres cannot read).

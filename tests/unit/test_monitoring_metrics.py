@@ -12,7 +12,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import jinja2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rampart import monitoring_checks as checks
+from support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,12 +47,6 @@ case "$3" in
   *) exit 1 ;;
 esac
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 15.0, context: ssl.SSLContext | None = None) -> str:
@@ -195,7 +189,7 @@ def node_exporter_names(tmp: Path) -> set[str]:
     netmetrics_textfile(textfile)
     aide_textfile(tmp / "aide", textfile)
     backup_textfile(tmp / "backup", textfile)
-    port = _free_port()
+    port = free_port()
     p = Proc([binary, f"--web.listen-address=127.0.0.1:{port}", f"--collector.textfile.directory={textfile}"])
     try:
         text = _get(f"http://127.0.0.1:{port}/metrics")
@@ -233,7 +227,7 @@ def blackbox_names(tmp: Path) -> set[str]:
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     target = f"127.0.0.1:{server.server_address[1]}"
-    port = _free_port()
+    port = free_port()
     p = Proc([binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"])
     names: set[str] = set()
     try:
@@ -265,7 +259,7 @@ def postgres_exporter_names(tmp: Path) -> set[str]:
     if as_root:
         shutil.chown(pgdir, "postgres", "postgres")
     data = pgdir / "data"
-    pgport = _free_port()
+    pgport = free_port()
     try:
         subprocess.run([*prefix, f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"],
                        check=True, capture_output=True, timeout=120)
@@ -274,7 +268,7 @@ def postgres_exporter_names(tmp: Path) -> set[str]:
                        check=True, capture_output=True, timeout=120)
     except subprocess.CalledProcessError as exc:
         pytest.skip(f"could not start a throwaway PostgreSQL: {exc.stderr.decode(errors='replace')[:200]}")
-    port = _free_port()
+    port = free_port()
     p = Proc([binary, f"--web.listen-address=127.0.0.1:{port}"],
              env={"DATA_SOURCE_NAME": f"postgresql://postgres@127.0.0.1:{pgport}/postgres?sslmode=disable"})
     try:
