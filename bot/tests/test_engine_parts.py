@@ -148,6 +148,11 @@ class FakeVenue:
     async def open_orders(self, symbol: str) -> list[VenueOrder]:
         return [self.orders[c] for c in sorted(self.open_ids())]
 
+    async def orders_from(self, symbol: str, exchange_order_id: int) -> list[VenueOrder]:
+        self.calls.append(("orders_from", str(exchange_order_id)))
+        rows = [o for o in self.orders.values() if (o.exchange_order_id or 0) >= exchange_order_id]
+        return sorted(rows, key=lambda o: o.exchange_order_id or 0)
+
     async def trades(
         self, symbol: str, from_id: int | None = None, order_id: int | None = None
     ) -> list[Fill]:
@@ -324,3 +329,41 @@ async def test_an_order_missing_from_a_restored_database_is_recovered_with_its_f
     assert [(f.trade_id, f.client_order_id) for f in fills] == [(trade.trade_id, order.client_order_id)]
     assert second.metrics.mismatches["unknown_closed_order"] == 1
     assert "fill_for_unknown_order" not in second.metrics.mismatches
+
+
+@pytest.mark.asyncio
+async def test_an_order_cancelled_after_the_backup_is_recovered_too() -> None:
+    """Neither openOrders nor the fills show an order placed and cancelled after the backup: the
+    reconciliation reads the venue's orders after the newest one the restored database knows."""
+    first, venue = await ready_engine()
+    kept = first.gateway.submit_intent(buy())
+    await settle(first)
+    assert kept is not None and kept.exchange_order_id is not None
+    backup = Store("sqlite://")
+    backup.migrate()
+    backup.insert_order(kept)  # the backup: taken when only this order existed
+    cancelled = first.gateway.submit_intent(buy())
+    filled = first.gateway.submit_intent(buy())
+    await settle(first)
+    assert cancelled is not None and filled is not None
+    await venue.cancel_order(SYM, cancelled.client_order_id)
+    trade = venue.fill(filled.client_order_id)
+
+    second, _ = await ready_engine(backup, venue)  # the database is restored from the backup
+    await settle(second)
+    assert ("orders_from", str(kept.exchange_order_id + 1)) in venue.calls
+    got = {o.client_order_id: o for o in second.store.load_orders()}
+    assert set(got) == {kept.client_order_id, cancelled.client_order_id, filled.client_order_id}
+    assert got[cancelled.client_order_id].status is OrderStatus.CANCELED
+    assert got[cancelled.client_order_id].reason == "recovered"
+    assert got[filled.client_order_id].status is OrderStatus.FILLED
+    assert [(f.trade_id, f.client_order_id) for f in second.store.load_fills()] == [
+        (trade.trade_id, filled.client_order_id)
+    ]
+    assert second.tracker.position(SYM) == D("0.01")
+    assert second.metrics.mismatches["unknown_closed_order"] == 2
+
+    # A reconciliation on a database that knows everything records nothing again.
+    await second.reconciler.reconcile()
+    assert len(second.store.load_orders()) == 3
+    assert second.metrics.mismatches["unknown_closed_order"] == 2

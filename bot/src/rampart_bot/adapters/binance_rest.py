@@ -23,6 +23,7 @@ from yarl import URL
 
 from ..core.model import BookTicker, Fill, Order, OrderStatus, OrderType, Side
 from ..core.venue import (
+    ORDERS_PAGE,
     WEIGHT_HARD,
     WEIGHT_SOFT,
     BadResponse,
@@ -308,6 +309,14 @@ class BinanceRest:
             "GET", "/api/v3/openOrders", {"symbol": symbol} if symbol else None, schema=list[vt.OrderResp]
         )
 
+    async def all_orders(self, symbol: str, order_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        return await self._request(
+            "GET",
+            "/api/v3/allOrders",
+            {"symbol": symbol, "orderId": order_id, "limit": limit},
+            schema=list[vt.OrderResp],
+        )
+
     async def my_trades(
         self, symbol: str, from_id: int | None = None, order_id: int | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
@@ -498,6 +507,10 @@ class BinanceVenue:
 
     async def open_orders(self, symbol: str) -> list[VenueOrder]:
         return [venue_order(row) for row in await self.rest.open_orders(symbol)]
+
+    async def orders_from(self, symbol: str, exchange_order_id: int) -> list[VenueOrder]:
+        rows = await self.rest.all_orders(symbol, exchange_order_id, limit=ORDERS_PAGE)
+        return [venue_order(row) for row in rows]
 
     async def trades(
         self, symbol: str, from_id: int | None = None, order_id: int | None = None

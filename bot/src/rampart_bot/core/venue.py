@@ -21,6 +21,10 @@ WEIGHT_HARD = 0.9
 
 
 # -- errors ---------------------------------------------------------------------------------------
+# The most orders one orders_from answer holds (Binance's allOrders limit).
+ORDERS_PAGE = 1000
+
+
 class VenueError(Exception):
     def __init__(self, status: int, code: int | None, msg: str) -> None:
         super().__init__(f"HTTP {status} code={code} {msg}")
@@ -161,6 +165,11 @@ class Venue(Protocol):
     async def cancel_all(self, symbol: str) -> list[VenueOrder]: ...
 
     async def open_orders(self, symbol: str) -> list[VenueOrder]: ...
+
+    async def orders_from(self, symbol: str, exchange_order_id: int) -> list[VenueOrder]:
+        """Our orders of any status with an exchange id >= exchange_order_id, oldest first, one page
+        (Binance's allOrders): fewer than ORDERS_PAGE means there are no more."""
+        ...
 
     async def trades(
         self, symbol: str, from_id: int | None = None, order_id: int | None = None

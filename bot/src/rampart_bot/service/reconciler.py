@@ -17,6 +17,7 @@ from ..adapters.binance_ws import Backoff
 from ..core.model import ZERO, Order, OrderStatus
 from ..core.venue import (
     CALL_FAILED,
+    ORDERS_PAGE,
     WEIGHT_SOFT,
     IpBanned,
     OrderNotFound,
@@ -70,6 +71,7 @@ class Reconciler(Part):
             await self.venue.sync_time()
             await self.maybe_refresh_rules(required=True)
             await self._catch_up_books()
+            await self._catch_up_orders()
             await self.sync_account()
             await self._reconcile_balances()
             shared.reconciled = True
@@ -240,6 +242,27 @@ class Reconciler(Part):
             self.metrics.mismatch("order_status")
         ledger.apply_venue_order(order, resp)
 
+    async def _catch_up_orders(self) -> None:
+        """Orders the venue has after the newest one we know of (a database restored from a backup older
+        than them). Open ones and filled ones would surface through openOrders and the fills, but one
+        placed and cancelled after the backup would not: each closed one is recorded here, before the
+        fills are read, so our orders match the venue's. Nothing known yet (a fresh start): nothing to do."""
+        for symbol in self.symbols:
+            known = [o.exchange_order_id for o in self.tracker.orders.values()
+                     if o.symbol == symbol and o.exchange_order_id is not None]
+            if not known:
+                continue
+            start = max(known) + 1
+            while True:
+                page = await self.venue.orders_from(symbol, start)
+                for remote in page:
+                    if remote.status is not None and not remote.status.is_open:
+                        self._record_closed(remote)
+                following = max((r.exchange_order_id or 0 for r in page), default=0) + 1
+                if len(page) < ORDERS_PAGE or following <= start:
+                    break
+                start = following
+
     async def _adopt_closed(self, symbol: str, exchange_order_id: int) -> None:
         """A trade of an order we have no record of (say, a database restored from a backup older than the
         order): ask the venue for the order and record it, so orders and fills match the venue again."""
@@ -247,11 +270,15 @@ class Reconciler(Part):
             remote = await self.venue.query_order_by_id(symbol, exchange_order_id)
         except (OrderNotFound, *CALL_FAILED):
             return  # the fill is still applied; the order is looked up again with its next trade
+        self._record_closed(remote)
+
+    def _record_closed(self, remote: VenueOrder) -> None:
+        """Record a closed order the venue has and we do not (see _catch_up_orders, _adopt_closed)."""
         if remote.client_order_id in self.tracker.orders or remote.side is None:
             return  # known by its client id (its exchange id was never recorded): the order paths settle it
         self.metrics.mismatch("unknown_closed_order")
         self.ledger.persist_event("order_recovered", {"client_order_id": remote.client_order_id,
-                                                      "exchange_order_id": exchange_order_id})
+                                                      "exchange_order_id": remote.exchange_order_id})
         order = Order(
             client_order_id=remote.client_order_id,
             symbol=remote.symbol,
