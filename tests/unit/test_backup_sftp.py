@@ -164,6 +164,19 @@ def test_the_account_is_sftp_only_chrooted_and_denied_what_restic_does_not_need(
     assert "uid=" not in shell.stdout
 
 
+def _runs_processes(uid: int) -> bool:
+    """Whether any process of uid is alive. A process can exit between listing /proc and reading its entry
+    (other tests run beside this one): one that is gone is not alive."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    return True
+            except FileNotFoundError:
+                continue
+    return False
+
+
 def _lock_files(server) -> list[Path]:
     return sorted((server.root / server.client / "repo/locks").glob("*"))
 
@@ -195,10 +208,8 @@ def test_a_lock_is_removed_only_when_its_holder_is_provably_gone(server, tmp_pat
         os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the job, its restic and its ssh: the lock stays behind
         proc.wait()
     deadline = time.time() + 15
-    while time.time() < deadline:
-        uid = pwd.getpwnam(server.account).pw_uid
-        if not any(p.stat().st_uid == uid for p in Path("/proc").iterdir() if p.name.isdigit() and p.exists()):
-            break
+    uid = pwd.getpwnam(server.account).pw_uid
+    while time.time() < deadline and _runs_processes(uid):
         time.sleep(0.2)
     assert _lock_files(server), "restic removed its lock although it was killed"
     removed = server_run(server, "unlock", server.client)
