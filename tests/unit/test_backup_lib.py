@@ -102,18 +102,31 @@ def metrics(path: Path) -> dict[str, float]:
     return out
 
 
-def kill_processes_of(user: str) -> None:
+def pids_of(user: str) -> list[int]:
+    """The live processes of user. One that exits between the /proc listing and its stat (other tests run
+    beside this one) is not counted."""
     import pwd
-    import signal
 
     uid = pwd.getpwnam(user).pw_uid
+    pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if entry.stat().st_uid == uid:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (FileNotFoundError, ProcessLookupError):
+                    pids.append(int(entry.name))
+            except FileNotFoundError:
                 continue
+    return pids
+
+
+def kill_processes_of(user: str) -> None:
+    import signal
+
+    for pid in pids_of(user):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
 
 
 class SftpServer:

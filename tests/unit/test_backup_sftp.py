@@ -25,6 +25,7 @@ from test_backup_lib import (
     metrics,
     needs_restic,
     needs_sshd,
+    pids_of,
     render,
     restic,
 )
@@ -164,19 +165,6 @@ def test_the_account_is_sftp_only_chrooted_and_denied_what_restic_does_not_need(
     assert "uid=" not in shell.stdout
 
 
-def _runs_processes(uid: int) -> bool:
-    """Whether any process of uid is alive. A process can exit between listing /proc and reading its entry
-    (other tests run beside this one): one that is gone is not alive."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    return True
-            except FileNotFoundError:
-                continue
-    return False
-
-
 def _lock_files(server) -> list[Path]:
     return sorted((server.root / server.client / "repo/locks").glob("*"))
 
@@ -208,8 +196,7 @@ def test_a_lock_is_removed_only_when_its_holder_is_provably_gone(server, tmp_pat
         os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the job, its restic and its ssh: the lock stays behind
         proc.wait()
     deadline = time.time() + 15
-    uid = pwd.getpwnam(server.account).pw_uid
-    while time.time() < deadline and _runs_processes(uid):
+    while time.time() < deadline and pids_of(server.account):
         time.sleep(0.2)
     assert _lock_files(server), "restic removed its lock although it was killed"
     removed = server_run(server, "unlock", server.client)
@@ -219,7 +206,7 @@ def test_a_lock_is_removed_only_when_its_holder_is_provably_gone(server, tmp_pat
 
 
 def test_an_unreachable_server_is_a_failed_run_with_a_clear_line(server, tmp_path):
-    from test_backup_lib import free_port
+    from support.net import free_port
 
     source = tmp_path / "etc"
     source.mkdir()
