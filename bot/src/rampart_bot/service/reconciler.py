@@ -248,11 +248,10 @@ class Reconciler(Part):
         placed and cancelled after the backup would not: each closed one is recorded here, before the
         fills are read, so our orders match the venue's. Nothing known yet (a fresh start): nothing to do."""
         for symbol in self.symbols:
-            known = [o.exchange_order_id for o in self.tracker.orders.values()
-                     if o.symbol == symbol and o.exchange_order_id is not None]
-            if not known:
+            newest = max((eid for sym, eid in self.tracker.by_exchange_id if sym == symbol), default=None)
+            if newest is None:
                 continue
-            start = max(known) + 1
+            start = newest + 1
             while True:
                 page = await self.venue.orders_from(symbol, start)
                 for remote in page:
