@@ -196,7 +196,8 @@ def run(name: str, env: str, root: Path, extra_vars: list[str] | None = None,
             args += ["-e", item]
         print(f"== drill {drill.key} ({drill.slug}): {drill.title}", flush=True)
         started = time.time()
-        proc = subprocess.run(args, check=False, cwd=root)
+        # Non-interactive: its own stdin, so nothing it starts (ssh) can change the caller's terminal.
+        proc = subprocess.run(args, check=False, cwd=root, stdin=subprocess.DEVNULL)
         if result_file.exists():
             try:
                 measured = json.loads(result_file.read_text())

@@ -51,19 +51,34 @@ def _release_copy(tmp_path: Path, name: str, patch=None) -> Path:
 
 def _deploy(project: Path) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.monotonic()
-    proc = subprocess.run([str(lab.ROOT / ".venv/bin/ansible-playbook"), "--vault-id",
-                           "lab@scripts/vault-pass-client.py", "playbooks/deploy.yml",
-                           "-e", f"rampart_release_project={project}",
-                           # the bot only: a new release would restart the simulator too, and with it its books
-                           "--limit", "bot,localhost"],
-                          cwd=lab.ROOT, capture_output=True, text=True, timeout=900)
+    proc = lab.playbook("playbooks/deploy.yml", "-e", f"rampart_release_project={project}",
+                        # the bot only: a new release would restart the simulator too, and with it its books
+                        "--limit", "bot,localhost")
     return proc, time.monotonic() - t0
+
+
+def _ca_file(topo) -> str:
+    """The platform CA's certificate as the lab hosts trust it (roles/platform_ca)."""
+    return f"/usr/local/share/ca-certificates/rampart-{topo.name}-ca.crt"
+
+
+def _burst(topo, steps: int, seconds: int) -> subprocess.Popen:
+    """Start the probe's price burst on the simulator's host (the probe's source on stdin); the caller waits."""
+    sim = _host(topo, "exchange_api")
+    api = topo.host_view(sim).listens["exchange_api"]
+    burst = subprocess.Popen(["ssh", "-F", str(lab.SSH_CONFIG), sim,
+                              f"sudo sh -c 'DRILL_CA_FILE={_ca_file(topo)} python3 - burst https://{api.address}:"
+                              f"{api.port}/sim/control {TOKEN_FILE} {steps} {seconds}'"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    burst.stdin.write(PROBE.read_text())
+    burst.stdin.close()
+    return burst
 
 
 def _sim_state(topo) -> dict:
     sim = _host(topo, "exchange_api")
     api = topo.host_view(sim).listens["exchange_api"]
-    ca = f"/usr/local/share/ca-certificates/rampart-{topo.name}-ca.crt"
+    ca = _ca_file(topo)
     return _probe(sim, f"sim-state https://{api.address}:{api.port}/sim/state", env=f"DRILL_CA_FILE={ca}")
 
 
@@ -97,20 +112,12 @@ def deployed(topo):
 
 
 def test_a_redeploy_while_the_simulator_streams_loses_and_duplicates_nothing(topo, deployed, tmp_path):
-    sim = _host(topo, "exchange_api")
-    api = topo.host_view(sim).listens["exchange_api"]
-    ca = f"/usr/local/share/ca-certificates/rampart-{topo.name}-ca.crt"
     project = _release_copy(tmp_path, "next")
     since_ms = int(time.time() * 1000) - 5000
     before = _sim_state(topo)
     # Price steps for the whole deploy: the strategy keeps ordering while the old release drains and the new
     # one starts.
-    burst = subprocess.Popen(["ssh", "-F", str(lab.SSH_CONFIG), sim,
-                              f"sudo sh -c 'DRILL_CA_FILE={ca} python3 - burst https://{api.address}:{api.port}"
-                              f"/sim/control {TOKEN_FILE} 900 90'"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    burst.stdin.write(PROBE.read_text())
-    burst.stdin.close()
+    burst = _burst(topo, steps=900, seconds=90)
     time.sleep(3)
     proc, took = _deploy(project)
     burst.wait(timeout=180)
@@ -190,21 +197,13 @@ def _secrets() -> dict:
 def test_c_rotating_the_db_password_and_the_exchange_key_loses_nothing(topo, deployed):
     sim = _host(topo, "exchange_api")
     api = topo.host_view(sim).listens["exchange_api"]
-    ca = f"/usr/local/share/ca-certificates/rampart-{topo.name}-ca.crt"
+    ca = _ca_file(topo)
     old = _secrets()
     since_ms = int(time.time() * 1000) - 5000
     before = _sim_state(topo)
-    burst = subprocess.Popen(["ssh", "-F", str(lab.SSH_CONFIG), sim,
-                              f"sudo sh -c 'DRILL_CA_FILE={ca} python3 - burst https://{api.address}:{api.port}"
-                              f"/sim/control {TOKEN_FILE} 600 60'"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    burst.stdin.write(PROBE.read_text())
-    burst.stdin.close()
+    burst = _burst(topo, steps=600, seconds=60)
     t0 = time.monotonic()
-    proc = subprocess.run([str(lab.ROOT / ".venv/bin/ansible-playbook"), "--vault-id",
-                           "lab@scripts/vault-pass-client.py", "playbooks/rotate.yml",
-                           "-e", "rotate=db_password,exchange_key"],
-                          cwd=lab.ROOT, capture_output=True, text=True, timeout=900)
+    proc = lab.playbook("playbooks/rotate.yml", "-e", "rotate=db_password,exchange_key")
     took = time.monotonic() - t0
     burst.wait(timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import subprocess
 
 import yaml
 from support import lab
@@ -166,9 +165,7 @@ def test_canary_secret_appears_nowhere(topo):
 def test_ansible_output_never_shows_the_canary(topo):
     """A converge of the secret-handling plays, verbose, prints no secret value."""
     canary = _lab_secrets()["secret_lab_exchange_api_secret"]
-    proc = subprocess.run([str(lab.ROOT / ".venv/bin/ansible-playbook"), "-v", "--vault-id",
-                           "lab@scripts/vault-pass-client.py", "playbooks/secrets-server.yml"],
-                          cwd=lab.ROOT, capture_output=True, text=True, timeout=600)
+    proc = lab.playbook("-v", "playbooks/secrets-server.yml", timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert canary not in proc.stdout and canary not in proc.stderr
     print(f"\nansible output: {len(proc.stdout)} characters of verbose output, canary absent")
