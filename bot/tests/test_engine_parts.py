@@ -12,7 +12,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from rampart_bot.adapters.persistence import Store
+from rampart_bot.adapters.persistence import Store, orders
 from rampart_bot.core.model import BookTicker, Fill, Order, OrderIntent, OrderStatus, Side, TradingState
 from rampart_bot.core.venue import (
     CancelRejected,
@@ -367,3 +367,52 @@ async def test_an_order_cancelled_after_the_backup_is_recovered_too() -> None:
     await second.reconciler.reconcile()
     assert len(second.store.load_orders()) == 3
     assert second.metrics.mismatches["unknown_closed_order"] == 2
+
+
+async def test_a_gap_below_orders_saved_into_the_restored_database_is_recovered() -> None:
+    """The bot kept running while its database was restored and saved a new order into it before it was
+    restarted: the restored database then knows an order newer than the ones it lost. The reconciliation
+    reads the venue's orders from the mark restored with the backup, not from the newest order known."""
+    first, venue = await ready_engine()
+    kept = first.gateway.submit_intent(buy())
+    await settle(first)
+    await first.reconciler.reconcile()  # the mark moves up to `kept`
+    assert kept is not None and first.store.load_orders_through() == {SYM: kept.exchange_order_id}
+    backup = Store("sqlite://")
+    backup.migrate()
+    backup.insert_order(kept)  # the backup: taken after that reconciliation
+    backup.save_orders_through(SYM, kept.exchange_order_id)
+    cancelled = first.gateway.submit_intent(buy())
+    await settle(first)
+    assert cancelled is not None
+    await venue.cancel_order(SYM, cancelled.client_order_id)
+    later = first.gateway.submit_intent(buy())  # after the restore, before the restart
+    await settle(first)
+    assert later is not None and later.exchange_order_id > cancelled.exchange_order_id
+    backup.insert_order(later)
+
+    second, _ = await ready_engine(backup, venue)
+    await settle(second)
+    assert ("orders_from", str(kept.exchange_order_id + 1)) in venue.calls
+    got = {o.client_order_id: o for o in second.store.load_orders()}
+    assert set(got) == {kept.client_order_id, cancelled.client_order_id, later.client_order_id}
+    assert got[cancelled.client_order_id].status is OrderStatus.CANCELED
+    assert got[cancelled.client_order_id].reason == "recovered"
+    assert second.store.load_orders_through() == {SYM: later.exchange_order_id}
+
+
+async def test_orders_known_in_memory_are_saved_again_into_a_restored_database() -> None:
+    """The running bot reconciles against a database restored under it: orders it knows but the database
+    lost are written back, and the mark moves past them only then."""
+    engine, _ = await ready_engine()
+    first = engine.gateway.submit_intent(buy())
+    await settle(engine)
+    await engine.reconciler.reconcile()
+    lost = engine.gateway.submit_intent(buy())
+    await settle(engine)
+    assert first is not None and lost is not None
+    with engine.store.engine.begin() as conn:  # the restore: the database is back to before `lost`
+        conn.execute(orders.delete().where(orders.c.client_order_id == lost.client_order_id))
+    await engine.reconciler.reconcile()
+    assert lost.client_order_id in {o.client_order_id for o in engine.store.load_orders()}
+    assert engine.store.load_orders_through() == {SYM: lost.exchange_order_id}

@@ -104,6 +104,17 @@ balances = Table(
     Column("updated_ms", BigInteger, nullable=False),
 )
 
+# Per symbol, the exchange order id up to which every order the venue has is also here (set by a
+# reconciliation). A database restored from a backup brings back the mark of that time, so the next
+# reconciliation reads the venue's orders from there, whatever newer orders were saved since.
+order_marks = Table(
+    "order_marks",
+    metadata,
+    Column("symbol", String(20), primary_key=True),
+    Column("orders_through", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
 
 def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[orders, fills, events])
@@ -131,8 +142,14 @@ def _v4(conn: Connection) -> None:
     conn.execute(text("DROP INDEX IF EXISTS ix_orders_status"))
 
 
+def _v5(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[order_marks])
+
+
 # Append only. Each step runs once, in its own transaction, and is recorded in schema_migrations.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5)
+]
 
 
 def _now_ms() -> int:
@@ -170,6 +187,7 @@ class Store:
         )
         self._position_upsert = _upsert(ins, positions, ["symbol"])
         self._balance_upsert = _upsert(ins, balances, ["asset"])
+        self._mark_upsert = _upsert(ins, order_marks, ["symbol"])
         self._event_insert = events.insert()
         self._hot: Connection | None = None
         # Named placeholders in the driver's own style (sqlite3 ":name", psycopg "%(name)s").
@@ -386,6 +404,16 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(balances)).mappings().all()
         return {r["asset"]: (Decimal(r["free"]), Decimal(r["locked"])) for r in rows}
+
+    def save_orders_through(self, symbol: str, exchange_order_id: int) -> None:
+        row = {"symbol": symbol, "orders_through": exchange_order_id, "updated_ms": _now_ms()}
+        with self.engine.begin() as conn:
+            conn.execute(self._mark_upsert, row)
+
+    def load_orders_through(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(order_marks)).mappings().all()
+        return {r["symbol"]: r["orders_through"] for r in rows}
 
     def log_event(self, kind: str, detail: dict[str, Any]) -> None:
         with self.engine.begin() as conn:

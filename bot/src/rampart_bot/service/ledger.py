@@ -99,12 +99,7 @@ class Ledger(Part):
         )
 
     def save(self, order: Order) -> None:
-        if not self.db_breaker.allow():
-            return
-        try:
-            self.store.save_order(order)
-        except Exception as exc:  # noqa: BLE001
-            self.db_failed(exc)
+        self._write(self.store.save_order, order)
 
     # -- fills ---------------------------------------------------------------------------------
     def apply_trade(self, fill: Fill, order: Order | None = None) -> bool:
@@ -146,21 +141,29 @@ class Ledger(Part):
             self.shared.request_kill("daily_loss_limit")
 
     # -- persistence ---------------------------------------------------------------------------
-    def save_expected_balances(self) -> None:
+    def _write(self, call: Callable[..., Any], *args: Any) -> Any:
+        """One database call behind the breaker: a failure halts trading (db_failed) and gives None."""
         if not self.db_breaker.allow():
-            return
+            return None
         try:
-            self.store.save_balances({a: (v, Decimal(0)) for a, v in self.expected_balances.items()})
+            return call(*args)
         except Exception as exc:  # noqa: BLE001
             self.db_failed(exc)
+            return None
+
+    def save_expected_balances(self) -> None:
+        self._write(self.store.save_balances, {a: (v, Decimal(0)) for a, v in self.expected_balances.items()})
+
+    def orders_through(self) -> dict[str, int]:
+        """Per symbol, the exchange order id up to which the database has every order (a reconciliation's
+        mark)."""
+        return self._write(self.store.load_orders_through) or {}
+
+    def save_orders_through(self, symbol: str, exchange_order_id: int) -> None:
+        self._write(self.store.save_orders_through, symbol, exchange_order_id)
 
     def persist_event(self, kind: str, detail: dict[str, Any]) -> None:
-        if not self.db_breaker.allow():
-            return
-        try:
-            self.store.log_event(kind, detail)
-        except Exception as exc:  # noqa: BLE001
-            self.db_failed(exc)
+        self._write(self.store.log_event, kind, detail)
 
     def db_failed(self, exc: BaseException) -> None:
         self.db_breaker.failure()

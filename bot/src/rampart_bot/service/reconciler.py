@@ -243,24 +243,48 @@ class Reconciler(Part):
         ledger.apply_venue_order(order, resp)
 
     async def _catch_up_orders(self) -> None:
-        """Orders the venue has after the newest one we know of (a database restored from a backup older
-        than them). Open ones and filled ones would surface through openOrders and the fills, but one
-        placed and cancelled after the backup would not: each closed one is recorded here, before the
-        fills are read, so our orders match the venue's. Nothing known yet (a fresh start): nothing to do."""
+        """Orders the venue has that the database may not: those after its mark (the last reconciliation's,
+        restored with the database from a backup older than them). Open and filled ones would surface through
+        openOrders and the fills, but one placed and cancelled after the backup would not. Each one is made
+        sure of here, before the fills are read, and the mark moves up to the newest. Reading from the mark,
+        not from the newest order known, also covers orders saved into a restored database before the bot
+        restarted (newer than the gap). No mark and nothing known (a fresh start): nothing to do."""
+        marks = self.ledger.orders_through()
         for symbol in self.symbols:
             newest = max((eid for sym, eid in self.tracker.by_exchange_id if sym == symbol), default=None)
-            if newest is None:
+            mark = marks.get(symbol, newest)  # no mark yet: a database from before marks existed
+            if mark is None:
                 continue
-            start = newest + 1
+            start, through, unsettled = mark + 1, mark, None
             while True:
                 page = await self.venue.orders_from(symbol, start)
                 for remote in page:
-                    if remote.status is not None and not remote.status.is_open:
-                        self._record_closed(remote)
+                    if not self._settle_listed(remote) and unsettled is None:
+                        unsettled = remote.exchange_order_id
+                    through = max(through, remote.exchange_order_id or 0)
                 following = max((r.exchange_order_id or 0 for r in page), default=0) + 1
                 if len(page) < ORDERS_PAGE or following <= start:
                     break
                 start = following
+            if unsettled is not None:  # the mark stays below an order that could not be recorded
+                through = min(through, unsettled - 1)
+            if through != marks.get(symbol) and through >= mark and self.shared.db_ok:
+                self.ledger.save_orders_through(symbol, through)
+
+    def _settle_listed(self, remote: VenueOrder) -> bool:
+        """Make sure the database has an order the venue lists after the mark; False if it cannot be
+        recorded."""
+        local = self.tracker.orders.get(remote.client_order_id)
+        if local is not None:
+            self.ledger.save(local)  # known here, maybe not in a database restored while this process ran
+            return True
+        if remote.side is None or remote.exchange_order_id is None:
+            return False
+        if remote.status is not None and remote.status.is_open:
+            self._adopt(remote, None)
+        else:
+            self._record_closed(remote)
+        return True
 
     async def _adopt_closed(self, symbol: str, exchange_order_id: int) -> None:
         """A trade of an order we have no record of (say, a database restored from a backup older than the
