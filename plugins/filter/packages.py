@@ -1,7 +1,8 @@
-"""Ansible filter: which of a role's Debian packages are not installed yet, from the facts `package_facts`
-gathered once per converge (in the common role). Roles skip their apt task when nothing is missing: the apt
-module opens the package cache on every call (1-3 s per host in the lab), which made apt tasks a fifth of a
-no-op converge. Without facts (a role run on its own) every package counts as missing and apt decides."""
+"""Ansible filter: which of a role's Debian packages are not installed yet, from `ansible_facts.packages`
+(package_facts' shape; the common role reads it once per converge with plugins/modules/rampart_packages).
+Roles skip their apt task when nothing is missing: the apt module opens the package cache on every call
+(1-3 s per host in the lab), which made apt tasks a fifth of a no-op converge. Without facts (a role run on
+its own) every package counts as missing and apt decides."""
 
 from __future__ import annotations
 

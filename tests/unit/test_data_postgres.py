@@ -4,7 +4,6 @@ the role's database objects applied by Ansible (twice: the second run changes no
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import jinja2
 import pytest
 import yaml
 from support.net import free_port
+from support.plugins import load_plugin
 from test_data_support import ROOT, ca_vars, inventory, issue_playbook, run_playbook, sample_host_view, write_playbook
 
 ROLE = ROOT / "roles" / "postgres"
@@ -27,10 +27,7 @@ EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")
 
 
 def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_plugin(path, name)
 
 
 hba = _load("postgres_hba", ROLE / "filter_plugins" / "postgres_hba.py")

@@ -1,7 +1,6 @@
 """The firewall and WireGuard filters: what they derive from the lab topology, the rendered ruleset passes
 `nft -c`, and bad input is refused with the file and the entry named."""
 
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,12 +9,11 @@ import jinja2
 import pytest
 import yaml
 from rampart.topology import TopologyError, parse
+from support.plugins import load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "inventory/lab/topology.yml"
-_spec = importlib.util.spec_from_file_location("rampart_filters", ROOT / "plugins/filter/rampart.py")
-filters = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(filters)
+filters = load_plugin("plugins/filter/rampart.py", "rampart_filters")
 FilterError = filters.AnsibleFilterError
 KEY = "wQ+YA105Wg0dqVRxOSXBdzcdTutMQo4Rj3HdxnACSww="
 

@@ -3,7 +3,6 @@ plan agree host by host, for the lab and prod topologies and for generated ones.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from rampart import inventory
 from rampart.lab import Lab
 from rampart.topology import Topology, load, parse
+from support.plugins import load_plugin
 from test_topology import parse_or_reject, topologies
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,11 +20,7 @@ TOPOLOGIES = [ROOT / "inventory" / env / "topology.yml" for env in ("lab", "prod
 
 
 def _plugin():
-    spec = importlib.util.spec_from_file_location("rampart_topology_plugin",
-                                                  ROOT / "plugins" / "inventory" / "rampart_topology.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.InventoryModule
+    return load_plugin("plugins/inventory/rampart_topology.py", "rampart_topology_plugin").InventoryModule
 
 
 def plugin_inventory(path: Path) -> tuple[dict, dict]:

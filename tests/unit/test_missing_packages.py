@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
+from support.plugins import load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("rampart_packages_filter", ROOT / "plugins/filter/packages.py")
-packages = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(packages)
-missing = packages.rampart_missing_packages
+missing = load_plugin("plugins/filter/packages.py", "rampart_packages_filter").rampart_missing_packages
 
 # The shape package_facts (manager: apt) gives.
 INSTALLED = {

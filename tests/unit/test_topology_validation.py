@@ -4,7 +4,6 @@ line naming file, key path and problem; never a traceback), `from: any` (finding
 from __future__ import annotations
 
 import copy
-import importlib.util
 import ipaddress
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 from rampart import topology
 from rampart.bench import synthetic_topology
 from rampart.topology import TopologyError, load, parse
+from support.plugins import load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "inventory" / "lab" / "topology.yml"
@@ -344,9 +344,7 @@ def test_any_is_not_a_service_host_selector(raw):
 
 @pytest.mark.skipif(not shutil.which("nft") or not shutil.which("unshare"), reason="needs nft and unshare")
 def test_an_any_rule_renders_and_passes_nft_check(raw, tmp_path):
-    spec = importlib.util.spec_from_file_location("rampart_filters_any", ROOT / "plugins/filter/rampart.py")
-    filters = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(filters)
+    filters = load_plugin("plugins/filter/rampart.py", "rampart_filters_any")
     topo_file = tmp_path / "topology.yml"
     topo_file.write_text(yaml.safe_dump(with_any(raw), sort_keys=False))
     fw = filters.rampart_firewall(str(topo_file), "gateway", "wg0")
