@@ -54,7 +54,9 @@ def main(env: str = "lab") -> None:
                 f"{env}@scripts/vault-pass-client.py", "playbooks/site.yml"]
     first, _ = timed(playbook)
     noop, recap = timed(playbook)
-    ping, _ = timed([str(bin_ / "ansible"), "-i", f"inventory/{env}", "all", "-m", "ansible.builtin.ping"])
+    # The same inventory as the converge, so the same vault: its group_vars hold the environment's secrets.
+    ping, _ = timed([str(bin_ / "ansible"), "-i", f"inventory/{env}", "--vault-id",
+                     f"{env}@scripts/vault-pass-client.py", "all", "-m", "ansible.builtin.ping"])
     lab.down()
     tasks = tasks_per_host(recap)
     changed = sum(int(n) for n in re.findall(r"^\S+\s+: ok=\d+\s+changed=(\d+)", recap, re.M))
