@@ -50,13 +50,12 @@ def main(env: str = "lab") -> None:
     up = time.monotonic() - t0
     bin_ = root / ".venv" / "bin"
     timed([str(bin_ / "python"), "scripts/bootstrap-secrets.py", "--env", env])
-    playbook = [str(bin_ / "ansible-playbook"), "-i", f"inventory/{env}", "--vault-id",
-                f"{env}@scripts/vault-pass-client.py", "playbooks/site.yml"]
+    # The converge and the ping read the same inventory, and so the same vault (the environment's secrets).
+    inventory = ["-i", f"inventory/{env}", "--vault-id", f"{env}@scripts/vault-pass-client.py"]
+    playbook = [str(bin_ / "ansible-playbook"), *inventory, "playbooks/site.yml"]
     first, _ = timed(playbook)
     noop, recap = timed(playbook)
-    # The same inventory as the converge, so the same vault: its group_vars hold the environment's secrets.
-    ping, _ = timed([str(bin_ / "ansible"), "-i", f"inventory/{env}", "--vault-id",
-                     f"{env}@scripts/vault-pass-client.py", "all", "-m", "ansible.builtin.ping"])
+    ping, _ = timed([str(bin_ / "ansible"), *inventory, "all", "-m", "ansible.builtin.ping"])
     lab.down()
     tasks = tasks_per_host(recap)
     changed = sum(int(n) for n in re.findall(r"^\S+\s+: ok=\d+\s+changed=(\d+)", recap, re.M))

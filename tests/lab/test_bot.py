@@ -42,7 +42,7 @@ def test_the_bot_is_ready_and_its_orders_are_on_the_exchange_and_in_the_database
 
     sim = _host(topo, "exchange_api")
     api = topo.host_view(sim).listens["exchange_api"]
-    ca = f"/usr/local/share/ca-certificates/rampart-{topo.name}-ca.crt"
+    ca = lab.ca_file(topo.name)
     db = _host(topo, "postgres")
     deadline, state, stored = time.monotonic() + 120, {}, 0
     while time.monotonic() < deadline:

@@ -57,17 +57,12 @@ def _deploy(project: Path) -> tuple[subprocess.CompletedProcess, float]:
     return proc, time.monotonic() - t0
 
 
-def _ca_file(topo) -> str:
-    """The platform CA's certificate as the lab hosts trust it (roles/platform_ca)."""
-    return f"/usr/local/share/ca-certificates/rampart-{topo.name}-ca.crt"
-
-
 def _burst(topo, steps: int, seconds: int) -> subprocess.Popen:
     """Start the probe's price burst on the simulator's host (the probe's source on stdin); the caller waits."""
     sim = _host(topo, "exchange_api")
     api = topo.host_view(sim).listens["exchange_api"]
     burst = subprocess.Popen(["ssh", "-F", str(lab.SSH_CONFIG), sim,
-                              f"sudo sh -c 'DRILL_CA_FILE={_ca_file(topo)} python3 - burst https://{api.address}:"
+                              f"sudo sh -c 'DRILL_CA_FILE={lab.ca_file(topo.name)} python3 - burst https://{api.address}:"
                               f"{api.port}/sim/control {TOKEN_FILE} {steps} {seconds}'"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     burst.stdin.write(PROBE.read_text())
@@ -78,7 +73,7 @@ def _burst(topo, steps: int, seconds: int) -> subprocess.Popen:
 def _sim_state(topo) -> dict:
     sim = _host(topo, "exchange_api")
     api = topo.host_view(sim).listens["exchange_api"]
-    ca = _ca_file(topo)
+    ca = lab.ca_file(topo.name)
     return _probe(sim, f"sim-state https://{api.address}:{api.port}/sim/state", env=f"DRILL_CA_FILE={ca}")
 
 
@@ -197,7 +192,7 @@ def _secrets() -> dict:
 def test_c_rotating_the_db_password_and_the_exchange_key_loses_nothing(topo, deployed):
     sim = _host(topo, "exchange_api")
     api = topo.host_view(sim).listens["exchange_api"]
-    ca = _ca_file(topo)
+    ca = lab.ca_file(topo.name)
     old = _secrets()
     since_ms = int(time.time() * 1000) - 5000
     before = _sim_state(topo)

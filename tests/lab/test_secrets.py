@@ -12,7 +12,6 @@ import secrets
 import yaml
 from support import lab
 
-CA = "/usr/local/share/ca-certificates/rampart-{env}-ca.crt"
 CREDSTORE = "/etc/credstore"
 DECOY_FILE = "/var/tmp/rampart-decoy"  # noqa: S108 - a path on a lab host, planted and removed by the test
 
@@ -124,7 +123,7 @@ def _lab_secrets() -> dict:
 def test_bot_approle_reads_its_secret_and_nothing_else(topo):
     client = _approle_client(topo)
     _, url = _vault(topo)
-    script = f"URL = {url!r}\nCA = {CA.format(env=topo.name)!r}\nCREDS = {CREDSTORE!r}\n{APPROLE}"
+    script = f"URL = {url!r}\nCA = {lab.ca_file(topo.name)!r}\nCREDS = {CREDSTORE!r}\n{APPROLE}"
     proc = lab.ssh(client, "python3 -", stdin=script)
     assert proc.returncode == 0, proc.stderr[-500:]
     got = json.loads(proc.stdout)

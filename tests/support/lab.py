@@ -14,6 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SSH_CONFIG = ROOT / files.SSH_CONFIG
 
 
+def ca_file(env: str) -> str:
+    """The platform CA certificate as every lab host trusts it (roles/platform_ca)."""
+    return f"/usr/local/share/ca-certificates/rampart-{env}-ca.crt"
+
+
 def running() -> bool:
     return files.read_state(ROOT) is not None
 

@@ -251,8 +251,9 @@ class Reconciler(Part):
         restarted (newer than the gap). No mark and nothing known (a fresh start): nothing to do."""
         marks = self.ledger.orders_through()
         for symbol in self.symbols:
-            newest = max((eid for sym, eid in self.tracker.by_exchange_id if sym == symbol), default=None)
-            mark = marks.get(symbol, newest)  # no mark yet: a database from before marks existed
+            mark = marks.get(symbol)
+            if mark is None:  # no mark yet (a database from before marks existed): the newest order known
+                mark = max((eid for sym, eid in self.tracker.by_exchange_id if sym == symbol), default=None)
             if mark is None:
                 continue
             start, through, unsettled = mark + 1, mark, None
@@ -262,13 +263,12 @@ class Reconciler(Part):
                     if not self._settle_listed(remote) and unsettled is None:
                         unsettled = remote.exchange_order_id
                     through = max(through, remote.exchange_order_id or 0)
-                following = max((r.exchange_order_id or 0 for r in page), default=0) + 1
-                if len(page) < ORDERS_PAGE or following <= start:
+                if len(page) < ORDERS_PAGE or through < start:  # the last page, or one that did not move on
                     break
-                start = following
+                start = through + 1
             if unsettled is not None:  # the mark stays below an order that could not be recorded
                 through = min(through, unsettled - 1)
-            if through != marks.get(symbol) and through >= mark and self.shared.db_ok:
+            if through != marks.get(symbol) and self.shared.db_ok:
                 self.ledger.save_orders_through(symbol, through)
 
     def _settle_listed(self, remote: VenueOrder) -> bool:
