@@ -25,7 +25,8 @@ changed entries go back in the result's `_ansible_notify`, the key Ansible's str
 from (ansible-core 2.19, pinned); a task-level `notify` would override them and is refused.
 
 Templates render exactly as `ansible.builtin.template` renders them (same search path, same template vars,
-trim_blocks); the result lists `changed_files`."""
+trim_blocks), with an entry's own `vars` on top. `backup: true` keeps the old file as copy does. The result
+lists `changed_files` and, per dest, the `backup_files` made."""
 
 from __future__ import annotations
 
@@ -43,9 +44,10 @@ from ansible.plugins.action import ActionBase
 from ansible.template import trust_as_template
 from ansible.utils.hashing import checksum_s
 
-FILE_KEYS = {"dest", "src", "copy", "content", "owner", "group", "mode", "validate", "notify", "enabled", "state"}
+FILE_KEYS = {"dest", "src", "copy", "content", "owner", "group", "mode", "validate", "backup", "vars", "notify",
+             "enabled", "state"}
 # Which keys each state takes besides dest, notify, enabled and state.
-STATE_KEYS = {"file": {"src", "copy", "content", "owner", "group", "mode", "validate"},
+STATE_KEYS = {"file": {"src", "copy", "content", "owner", "group", "mode", "validate", "backup", "vars"},
               "directory": {"owner", "group", "mode"},
               "absent": set()}
 MODE = re.compile(r"^0?[0-7]{3}$|^[0-7]{4}$")
@@ -63,14 +65,14 @@ class ActionModule(ActionBase):
                 raise AnsibleActionFail("notify: set it per file (files[].notify), not on the task")
             specs = self._specs()
             if not specs:  # every file disabled here
-                return {**result, "changed": False, "changed_files": []}
+                return {**result, "changed": False, "changed_files": [], "backup_files": {}}
             rendered = [(spec, self._render(spec, task_vars) if spec["state"] == "file" else None) for spec in specs]
             state = self._execute_module(module_name="rampart_file_state",
                                          module_args={"paths": [spec["dest"] for spec in specs]},
                                          task_vars=task_vars)
             if state.get("failed"):
                 return {**result, **state}
-            changed, diffs, notify = [], [], []
+            changed, diffs, notify, backups = [], [], [], {}
             for spec, data in rendered:
                 if self._in_place(spec, data, state["files"].get(spec["dest"], {})):
                     continue
@@ -78,6 +80,8 @@ class ActionModule(ActionBase):
                 if written.get("failed"):
                     written["msg"] = f"{spec['dest']}: {written.get('msg', 'copy failed')}"
                     return {**result, **written, "changed": bool(changed), "changed_files": changed}
+                if written.get("backup_file"):
+                    backups[spec["dest"]] = written["backup_file"]
                 if written.get("changed"):
                     changed.append(spec["dest"])
                     notify.extend(name for name in spec["notify"] if name not in notify)
@@ -87,7 +91,7 @@ class ActionModule(ActionBase):
             return {**result, "failed": True, "msg": to_text(exc)}
         finally:
             self._remove_tmp_path(self._connection._shell.tmpdir)
-        result.update(changed=bool(changed), changed_files=changed)
+        result.update(changed=bool(changed), changed_files=changed, backup_files=backups)
         if notify:
             result["_ansible_notify"] = notify
         if diffs:
@@ -129,6 +133,8 @@ class ActionModule(ActionBase):
             if state == "file" and len({"src", "copy", "content"} & set(raw)) != 1:
                 raise AnsibleActionFail(f"{where}: one of src (template), copy (file) or content is required")
             mode = raw.get("mode")
+            if not isinstance(raw.get("vars", {}), dict):
+                raise AnsibleActionFail(f"{where}: vars must be a mapping (variables for this template only)")
             if not isinstance(mode, str) or not MODE.match(mode):
                 raise AnsibleActionFail(f"{where}: mode must be a quoted octal string such as \"0644\", got {mode!r}")
             specs.append({"owner": self._task.args.get("owner", "root"), "group": self._task.args.get("group", "root"),
@@ -155,7 +161,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(f"{spec['dest']}: {to_text(exc)}") from None
         searchpath = [*task_vars.get("ansible_search_path", []), self._loader._basedir, os.path.dirname(source)]
         searchpath = [entry for path in searchpath for entry in (os.path.join(path, "templates"), path)]
-        template_vars = task_vars.copy()
+        template_vars = {**task_vars, **spec.get("vars", {})}
         template_vars.update(_template_vars.generate_ansible_template_vars(
             path=spec["src"], fullpath=source, dest_path=spec["dest"],
             include_ansible_managed="ansible_managed" not in template_vars))
@@ -189,7 +195,8 @@ class ActionModule(ActionBase):
             with open(source, "wb") as handle:
                 handle.write(data)
             task = self._task.copy()
-            task.args = {key: spec[key] for key in ("dest", "owner", "group", "mode", "validate") if key in spec}
+            copied = ("dest", "owner", "group", "mode", "validate", "backup")
+            task.args = {key: spec[key] for key in copied if key in spec}
             task.args["src"] = source
             copy = self._shared_loader_obj.action_loader.get(
                 "ansible.legacy.copy", task=task, connection=self._connection, play_context=self._play_context,

@@ -9,8 +9,7 @@ import pytest
 import yaml
 from hardening_templates import ROOT, render
 
-VALIDATE = yaml.safe_load((ROOT / "roles/hardening/tasks/sandbox.yml").read_text())[1]["ansible.builtin.template"][
-    "validate"]
+VALIDATE = yaml.safe_load((ROOT / "roles/hardening/vars/main.yml").read_text())["hardening_sandbox_validate"]
 
 
 def _dropin(**overrides) -> str:
