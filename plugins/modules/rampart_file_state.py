@@ -23,17 +23,21 @@ description:
     Never changes anything.
 options:
   paths:
-    description: Absolute paths.
+    description: Absolute paths (C(~user) is expanded, as for any path option).
     type: list
     elements: path
     required: true
+  checksum:
+    description: Whether to read regular files for their SHA-1 (off for a presence check of key files).
+    type: bool
+    default: true
 """
 
 RETURN = r"""
 files:
   description: >-
-    path -> {exists, regular, directory, owner, group, mode ("0644"), checksum (regular files)}; an absent path
-    has only exists.
+    path (as given, C(~) expanded) -> {exists, regular, directory, owner, group, mode ("0644"), size, checksum
+    (regular files)}; an absent path has only exists.
   returned: always
   type: dict
 """
@@ -46,7 +50,7 @@ def _name(lookup, ident: int) -> str:
         return str(ident)
 
 
-def file_state(path: str) -> dict:
+def file_state(path: str, checksum: bool = True) -> dict:
     """What the action compares: content digest and ownership/mode of a regular file."""
     try:
         st = os.lstat(path)
@@ -59,8 +63,9 @@ def file_state(path: str) -> dict:
         "owner": _name(pwd.getpwuid, st.st_uid),
         "group": _name(grp.getgrgid, st.st_gid),
         "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+        "size": st.st_size,
     }
-    if state["regular"]:
+    if state["regular"] and checksum:
         digest = hashlib.sha1(usedforsecurity=False)  # what Ansible's copy compares (checksum_s); not a security use
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 16), b""):
@@ -70,13 +75,14 @@ def file_state(path: str) -> dict:
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec={"paths": {"type": "list", "elements": "path", "required": True}},
+    module = AnsibleModule(argument_spec={"paths": {"type": "list", "elements": "path", "required": True},
+                                          "checksum": {"type": "bool", "default": True}},
                            supports_check_mode=True)
     relative = [p for p in module.params["paths"] if not os.path.isabs(p)]
     if relative:
         module.fail_json(msg=f"paths must be absolute: {', '.join(relative)}")
     try:
-        files = {path: file_state(path) for path in module.params["paths"]}
+        files = {path: file_state(path, module.params["checksum"]) for path in module.params["paths"]}
     except OSError as exc:
         module.fail_json(msg=f"cannot read {exc.filename}: {exc.strerror}")
     module.exit_json(changed=False, files=files)
