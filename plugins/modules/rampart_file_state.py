@@ -52,6 +52,8 @@ def _name(lookup, ident: int) -> str:
 
 def file_state(path: str, checksum: bool = True) -> dict:
     """What the action compares: content digest and ownership/mode of a regular file."""
+    if not os.path.isabs(path):  # an unknown user's home
+        return {"exists": False}
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -78,7 +80,8 @@ def main() -> None:
     module = AnsibleModule(argument_spec={"paths": {"type": "list", "elements": "path", "required": True},
                                           "checksum": {"type": "bool", "default": True}},
                            supports_check_mode=True)
-    relative = [p for p in module.params["paths"] if not os.path.isabs(p)]
+    # "~user/..." that stayed unexpanded names a user this host does not have: nothing is there.
+    relative = [p for p in module.params["paths"] if not os.path.isabs(p) and not p.startswith("~")]
     if relative:
         module.fail_json(msg=f"paths must be absolute: {', '.join(relative)}")
     try:

@@ -37,8 +37,8 @@ def role_vars(role: str, **overrides: Any) -> dict[str, Any]:
             if isinstance(value, str) and "{{" in value:
                 try:
                     values[key] = env.from_string(value).render(**values)
-                except jinja2.UndefinedError:
-                    continue
+                except (jinja2.UndefinedError, jinja2.TemplateAssertionError):
+                    continue  # needs a variable not given, or an Ansible-only filter: not used by the templates
                 changed = True
         if not changed:
             break

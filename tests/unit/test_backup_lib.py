@@ -8,6 +8,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -129,6 +130,20 @@ def kill_processes_of(user: str) -> None:
             continue
 
 
+def unused_uid() -> int:
+    """A uid no account and no running process has. useradd --system takes the highest free one below 1000,
+    often 999; a lab host (systemd-nspawn, no user namespace) runs its own services under such uids, and the
+    upkeep script's "no process of the account" check would then see the lab's processes as the client's."""
+    in_use = {entry.pw_uid for entry in pwd.getpwall()}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                in_use.add(entry.stat().st_uid)
+            except FileNotFoundError:
+                continue
+    return next(uid for uid in range(64000, 65000) if uid not in in_use)
+
+
 class SftpServer:
     """The backup_server role's sshd_config, rendered for loopback, run as a throwaway sshd with one client
     account. Everything lives under a root-owned directory (sshd's chroot demands root-owned path components,
@@ -151,9 +166,9 @@ class SftpServer:
         if subprocess.run(["getent", "group", self.group], capture_output=True).returncode != 0:
             subprocess.run(["groupadd", "--system", self.group], check=True)
         if subprocess.run(["getent", "passwd", self.account], capture_output=True).returncode != 0:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--gid", self.group, "--shell",
-                            "/usr/sbin/nologin", "--home-dir", str(self.root / self.client), "--password", "*",
-                            self.account], check=True)
+            subprocess.run(["useradd", "--system", "--uid", str(unused_uid()), "--no-create-home", "--gid", self.group,
+                            "--shell", "/usr/sbin/nologin", "--home-dir", str(self.root / self.client),
+                            "--password", "*", self.account], check=True)
             self.users_made.append(self.account)
         (self.sshd_dir / "authorized_keys").mkdir(parents=True)
         (self.root / self.client / "repo").mkdir(parents=True)

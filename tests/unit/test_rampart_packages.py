@@ -41,7 +41,8 @@ def test_only_installed_packages_in_package_facts_shape():
 def test_the_module_agrees_with_dpkg_on_this_machine():
     """Run for real (ansible's localhost, read-only): every package dpkg calls installed, with its version."""
     ansible = Path(sys.executable).with_name("ansible")
-    proc = subprocess.run([str(ansible), "localhost", "-m", "rampart_packages"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([str(ansible), "localhost", "-i", "localhost,", "-c", "local", "-m", "rampart_packages"],
+                          cwd=ROOT, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL,
                           env={**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"})
     assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-1000:]
