@@ -132,8 +132,9 @@ def kill_processes_of(user: str) -> None:
 
 def unused_uid() -> int:
     """A uid no account and no running process has. useradd --system takes the highest free one below 1000,
-    often 999; a lab host (systemd-nspawn, no user namespace) runs its own services under such uids, and the
-    upkeep script's "no process of the account" check would then see the lab's processes as the client's."""
+    often 999. The lab's hosts (systemd-nspawn, no user namespace) run Vault and the bot under uid 999 too:
+    the upkeep script's "no process of the account" check then saw the lab's processes as the client's, and
+    the cleanup's kill of the account's processes killed the lab's Vault (left sealed) and bot."""
     in_use = {entry.pw_uid for entry in pwd.getpwall()}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
