@@ -39,6 +39,9 @@ class SubscribeAck:
 
 
 SERVER_SHUTDOWN = ServerShutdown()
+# A frame handler returns this after it started work that should not wait for the frames already
+# buffered behind this one (an order's send task): the receive loop yields to the event loop once.
+YIELD_TO_LOOP = object()
 
 
 _DROP_LOG_INTERVAL_S = 10.0  # at most one log line per reason per interval (a flood must not flood logs)
@@ -447,7 +450,8 @@ class ReconnectingStream:
     the end): a server that accepts, acknowledges and closes again must not reset it. A session ends
     promptly (no backoff) only for a healthy connection whose end was announced or forced
     (`_reconnect_now`). Subclasses give the URL (`_target`) and what happens on open and close; a
-    frame whose handler returns `end_token` ends the session.
+    frame whose handler returns `end_token` ends the session; one that returns `YIELD_TO_LOOP` lets the
+    tasks it started run before the next frame.
     """
 
     label = "websocket"  # names the stream in log lines
@@ -545,6 +549,8 @@ class ReconnectingStream:
             await self._on_open(ws)
             handler = self.on_message
             end = self.end_token
+            yield_token = YIELD_TO_LOOP
+            sleep0 = asyncio.sleep
             receive = ws.receive
             text = aiohttp.WSMsgType.TEXT
             binary = aiohttp.WSMsgType.BINARY
@@ -553,9 +559,14 @@ class ReconnectingStream:
                 kind = msg.type
                 if kind is text or kind is binary:
                     self.frames += 1  # the market-data watchdog turns frame counts into staleness
-                    if handler(msg.data) is end:
+                    result = handler(msg.data)
+                    if result is end:
                         self._reconnect_now = True
                         return self.end_reason
+                    if result is yield_token:
+                        # The order's send task runs now, before the next buffered frame: a burst of
+                        # N frames would otherwise delay it by N frames' processing.
+                        await sleep0(0)
                     if not proven and (self.frames & 63) == 0 and time.monotonic() >= healthy_at:
                         proven = True  # stayed up and streaming long enough: forget past failures
                         self.backoff.reset()

@@ -23,6 +23,7 @@ from ..adapters.binance_rest import BinanceRest, BinanceVenue
 from ..adapters.binance_user import UserStreamClient
 from ..adapters.binance_ws import (
     SERVER_SHUTDOWN,
+    YIELD_TO_LOOP,
     Backoff,
     ConnectLimiter,
     MarketDataClient,
@@ -197,7 +198,8 @@ class Engine:
 
     # -- market data hot path ------------------------------------------------------------------
     def on_raw(self, raw: str | bytes) -> object:
-        # The hot path, one function: parse -> book or tape -> strategy -> order (a call per frame saved).
+        """The hot path, one function: parse -> book or tape -> strategy -> order (a call per frame
+        saved). Returns the event, or YIELD_TO_LOOP once an order was placed (its send goes first)."""
         now_ns = self._current_tick_ns = time.perf_counter_ns()
         event = parse_market_message(raw, self.parse_stats)
         if event is None:
@@ -211,8 +213,8 @@ class Engine:
                 self._refused(book.reject, event, book.band)
             else:
                 intent = self.strategy.on_book(book, self.tracker)
-                if intent is not None:
-                    self._submit(intent, now_ns)
+                if intent is not None and self._submit(intent, now_ns) is not None:
+                    return YIELD_TO_LOOP
         elif cls is Trade:
             tape = self.tapes.get(event.symbol)  # type: ignore[union-attr]
             if tape is None:
@@ -221,8 +223,8 @@ class Engine:
                 self._refused(tape.reject, event, tape.band)
             else:
                 intent = self.strategy.on_trade(tape, self.tracker)
-                if intent is not None:
-                    self._submit(intent, now_ns)
+                if intent is not None and self._submit(intent, now_ns) is not None:
+                    return YIELD_TO_LOOP
         elif cls is ServerShutdown:
             log.info("venue announced serverShutdown; reconnecting")
             return SERVER_SHUTDOWN
