@@ -74,3 +74,16 @@ def test_fast_and_generic_paths_agree(kind: str, stream: str, key: str, value: o
         frame["stream"] = STREAMS["book" if kind == "trade" else "trade"]
     raw = orjson.dumps(frame)
     assert _outcome(raw, fast=True) == _outcome(raw, fast=False)
+
+
+size_texts = st.text(alphabet="0123456789. \n-e", max_size=25) | st.sampled_from(
+    ["1", "0.5", "1.", ".5", "1 2", "1.2 3", "9" * 20, "9" * 21, "1." + "9" * 20, "1." + "9" * 21]
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(size_texts, size_texts)
+def test_size_pair_check_equals_two_single_checks(a: str, b: str) -> None:
+    # The fast path checks a bookTicker's two sizes with one regex over "a b".
+    single = binance_ws._PLAIN_DECIMAL(a) is not None and binance_ws._PLAIN_DECIMAL(b) is not None
+    assert (binance_ws._PLAIN_DECIMAL_PAIR(f"{a} {b}") is not None) == single

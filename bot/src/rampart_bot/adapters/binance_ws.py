@@ -39,6 +39,9 @@ class SubscribeAck:
 
 
 SERVER_SHUTDOWN = ServerShutdown()
+# A frame handler returns this after it started work that should not wait for the frames already
+# buffered behind this one (an order's send task): the receive loop yields to the event loop once.
+YIELD_TO_LOOP = object()
 
 
 _DROP_LOG_INTERVAL_S = 10.0  # at most one log line per reason per interval (a flood must not flood logs)
@@ -100,6 +103,10 @@ def _sample(raw: object) -> str:
 # Venue decimals are plain "123.45" strings. Requiring exactly that rejects NaN, Infinity,
 # negatives, exponents (1e999999) and JSON numbers before Decimal() sees them.
 _PLAIN_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?").fullmatch
+# Two plain decimals joined by one space: one regex call checks a bookTicker's two sizes (a call costs
+# more than the matching). Equivalent to checking each: neither may contain a space, so the joined
+# string has exactly one, and the split is unique.
+_PLAIN_DECIMAL_PAIR = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})? [0-9]{1,20}(?:\.[0-9]{1,20})?").fullmatch
 _SYMBOL = re.compile(r"[A-Z0-9]{1,20}").fullmatch
 
 # Prices and sizes repeat a lot from tick to tick: converting each distinct string once is the
@@ -266,7 +273,7 @@ def parse_market_message(
             aq = data.A
             bid = dec_get(b) or _dec(b)
             ask = dec_get(a) or _dec(a)
-            if ZERO < bid < ask and _PLAIN_DECIMAL(bq) is not None and _PLAIN_DECIMAL(aq) is not None:
+            if ZERO < bid < ask and _PLAIN_DECIMAL_PAIR(f"{bq} {aq}") is not None:
                 stats.books += 1
                 return BookTicker(sym, data.u, bid, bq, ask, aq)
         else:
@@ -443,7 +450,8 @@ class ReconnectingStream:
     the end): a server that accepts, acknowledges and closes again must not reset it. A session ends
     promptly (no backoff) only for a healthy connection whose end was announced or forced
     (`_reconnect_now`). Subclasses give the URL (`_target`) and what happens on open and close; a
-    frame whose handler returns `end_token` ends the session.
+    frame whose handler returns `end_token` ends the session; one that returns `YIELD_TO_LOOP` lets the
+    tasks it started run before the next frame.
     """
 
     label = "websocket"  # names the stream in log lines
@@ -541,6 +549,8 @@ class ReconnectingStream:
             await self._on_open(ws)
             handler = self.on_message
             end = self.end_token
+            yield_token = YIELD_TO_LOOP
+            sleep0 = asyncio.sleep
             receive = ws.receive
             text = aiohttp.WSMsgType.TEXT
             binary = aiohttp.WSMsgType.BINARY
@@ -549,9 +559,14 @@ class ReconnectingStream:
                 kind = msg.type
                 if kind is text or kind is binary:
                     self.frames += 1  # the market-data watchdog turns frame counts into staleness
-                    if handler(msg.data) is end:
+                    result = handler(msg.data)
+                    if result is end:
                         self._reconnect_now = True
                         return self.end_reason
+                    if result is yield_token:
+                        # The order's send task runs now, before the next buffered frame: a burst of
+                        # N frames would otherwise delay it by N frames' processing.
+                        await sleep0(0)
                     if not proven and (self.frames & 63) == 0 and time.monotonic() >= healthy_at:
                         proven = True  # stayed up and streaming long enough: forget past failures
                         self.backoff.reset()

@@ -152,6 +152,13 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
 ]
 
 
+# The orders table's columns in order (checked against the table when a Store is built).
+_ORDER_COLUMNS = (
+    "client_order_id", "symbol", "side", "order_type", "qty", "price", "status", "exchange_order_id",
+    "executed_qty", "created_ms", "updated_ms", "reason", "time_in_force", "quote_qty",
+)  # fmt: skip
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -190,11 +197,15 @@ class Store:
         self._mark_upsert = _upsert(ins, order_marks, ["symbol"])
         self._event_insert = events.insert()
         self._hot: Connection | None = None
-        # Named placeholders in the driver's own style (sqlite3 ":name", psycopg "%(name)s").
-        style = (lambda c: f":{c}") if self.engine.dialect.name == "sqlite" else (lambda c: f"%({c})s")
+        self._hot_dbapi: Any = None  # the driver connection under `_hot`, for the order insert
+        self._hot_cursor: Any = None  # and one cursor on it, reused
+        # Positional placeholders in the driver's own style (sqlite3 "?", psycopg "%s"): the driver
+        # binds a tuple by index, where a dict costs a name lookup per column.
+        mark = "?" if self.engine.dialect.name == "sqlite" else "%s"
         cols = [c.name for c in orders.columns]
+        assert cols == list(_ORDER_COLUMNS), "the order insert's tuple must follow the table"
         self._raw_order_insert = (
-            f"INSERT INTO orders ({', '.join(cols)}) VALUES ({', '.join(style(c) for c in cols)})"
+            f"INSERT INTO orders ({', '.join(cols)}) VALUES ({', '.join(mark for _ in cols)})"
         )
 
     @property
@@ -238,6 +249,7 @@ class Store:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
+        self._drop_hot_cursor()
         if self._hot is not None:
             self._hot.close()
             self._hot = None
@@ -278,6 +290,7 @@ class Store:
             return row
         except Exception:
             self._hot = None
+            self._drop_hot_cursor()
             try:
                 conn.close()
             except Exception:  # noqa: BLE001 - already broken
@@ -285,33 +298,67 @@ class Store:
             raise
 
     def insert_order(self, order: Order) -> None:
-        """The one write on the tick-to-order path: a prepared INSERT on the driver connection.
+        """The one write on the tick-to-order path: a prepared INSERT on the driver connection, committed
+        before this returns (the order is durable before it can be sent).
 
-        SQLAlchemy's statement machinery costs more than the insert itself here; the SQL text is
-        generated once from the same table definition for whichever dialect is in use.
+        It runs cold (the process idles between ticks), where every layer costs tens of µs: SQLAlchemy's
+        statement machinery, a new cursor per call and bind-by-name are skipped. The driver connection
+        is the one under `_hot`, kept checked out, so it stays the same until an error drops both.
         """
-        conn = self._hot
-        if conn is None:
-            conn = self._hot = self.engine.connect()
+        dbapi = self._hot_dbapi
+        cur = self._hot_cursor
         try:
-            if conn.in_transaction():
-                conn.commit()
-            dbapi = conn.connection.dbapi_connection
-            assert dbapi is not None
-            cur = dbapi.cursor()
-            try:
-                cur.execute(self._raw_order_insert, self._order_row(order))
-            finally:
-                cur.close()
+            if dbapi is None or cur is None:
+                conn = self._hot
+                if conn is None:
+                    conn = self._hot = self.engine.connect()
+                if conn.in_transaction():
+                    conn.commit()
+                dbapi = self._hot_dbapi = conn.connection.dbapi_connection
+                assert dbapi is not None
+                cur = self._hot_cursor = dbapi.cursor()
+            elif self._hot is not None and self._hot.in_transaction():
+                self._hot.commit()  # a statement of _hot_execute left open: never mix it into ours
+            price = order.price
+            quote_qty = order.quote_qty
+            row = (
+                order.client_order_id,
+                order.symbol,
+                order.side._value_,  # the enums' plain str values (`.value` is a slower descriptor)
+                order.order_type._value_,
+                str(order.qty),
+                None if price is None else str(price),
+                order.status._value_,
+                order.exchange_order_id,
+                str(order.executed_qty),
+                order.created_ms,
+                order.updated_ms,
+                order.reason,
+                order.time_in_force._value_,
+                None if quote_qty is None else str(quote_qty),
+            )
+            cur.execute(self._raw_order_insert, row)
             dbapi.commit()
         except Exception:
+            conn = self._hot
             self._hot = None
-            try:
-                conn.invalidate()
-                conn.close()
-            except Exception:  # noqa: BLE001 - already broken
-                pass
+            self._drop_hot_cursor()
+            if conn is not None:
+                try:
+                    conn.invalidate()
+                    conn.close()
+                except Exception:  # noqa: BLE001 - already broken
+                    pass
             raise
+
+    def _drop_hot_cursor(self) -> None:
+        cur = self._hot_cursor
+        self._hot_cursor = self._hot_dbapi = None
+        if cur is not None:
+            try:
+                cur.close()
+            except Exception:  # noqa: BLE001 - its connection may be gone already
+                pass
 
     def save_order(self, order: Order) -> None:
         self._hot_execute(self._order_upsert, self._order_row(order))

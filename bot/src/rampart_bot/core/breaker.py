@@ -33,7 +33,8 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """CLOSED and HALF_OPEN let calls through; a HALF_OPEN success closes the breaker again."""
-        return self.state is not BreakerState.OPEN
+        # Never opened (every order passes two breakers): no state computation, no clock read.
+        return self._opened_at is None or self.state is not BreakerState.OPEN
 
     def success(self) -> None:
         self._failures = 0

@@ -122,9 +122,13 @@ class BookTicker(msgspec.Struct, gc=False, eq=False):
         return f"BookTicker({self.symbol} u={self.update_id} {self.bid}/{self.ask})"
 
 
-@dataclass(slots=True, frozen=True)
-class OrderIntent:
-    """What a strategy wants. The risk engine decides whether it may become an order."""
+class OrderIntent(msgspec.Struct, frozen=True, gc=False):
+    """What a strategy wants. The risk engine decides whether it may become an order.
+
+    Built on the tick-to-order path: a frozen msgspec Struct is constructed in C, where a frozen
+    dataclass runs object.__setattr__ per field (~1 µs warm, tens of µs in a process woken from idle).
+    Same positional order, defaults, equality and hashing as the frozen dataclass it replaced.
+    """
 
     symbol: str
     side: Side

@@ -288,10 +288,12 @@ class OrderTracker:
         return total
 
     def total_pnl(self) -> Decimal:
-        return sum(
-            (p.realized - p.fees_quote + p.unrealized(self.marks.get(s)) for s, p in self.positions.items()),
-            ZERO,
-        )
+        # A plain loop: the risk gate calls this for every order (a generator costs a frame per call).
+        total = ZERO
+        marks = self.marks
+        for symbol, p in self.positions.items():
+            total += p.realized - p.fees_quote + p.unrealized(marks.get(symbol))
+        return total
 
     def daily_pnl(self) -> Decimal:
         return self.total_pnl() - self._day_baseline

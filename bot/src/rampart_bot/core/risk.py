@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
+import msgspec
+
 from .model import ZERO, OrderIntent, OrderType, Side, TradingState
 
 
@@ -35,8 +37,9 @@ class RiskLimits:
     max_orders_per_second: int = 10
 
 
-@dataclass(slots=True, frozen=True)
-class RiskDecision:
+class RiskDecision(msgspec.Struct, frozen=True, gc=False):
+    # A msgspec Struct is built in C; a frozen dataclass sets each field through object.__setattr__,
+    # and the gate builds one per denied intent (a strategy may ask on every tick).
     approved: bool
     reason: str = ""
 
