@@ -163,10 +163,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _s(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
-
-
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -257,23 +253,29 @@ class Store:
 
     # -- orders --------------------------------------------------------------------------------
     @staticmethod
-    def _order_row(o: Order) -> dict[str, Any]:
-        return {
-            "client_order_id": o.client_order_id,
-            "symbol": o.symbol,
-            "side": o.side.value,
-            "order_type": o.order_type.value,
-            "qty": str(o.qty),
-            "price": _s(o.price),
-            "status": o.status.value,
-            "exchange_order_id": o.exchange_order_id,
-            "executed_qty": str(o.executed_qty),
-            "created_ms": o.created_ms,
-            "updated_ms": o.updated_ms,
-            "reason": o.reason,
-            "time_in_force": o.time_in_force.value,
-            "quote_qty": _s(o.quote_qty),
-        }
+    def _order_values(o: Order) -> tuple:
+        """The order as the orders table's columns, in _ORDER_COLUMNS' order (the hot insert binds it
+        by position; the enums' plain str values, `.value` is a slower descriptor)."""
+        return (
+            o.client_order_id,
+            o.symbol,
+            o.side._value_,
+            o.order_type._value_,
+            str(o.qty),
+            None if o.price is None else str(o.price),
+            o.status._value_,
+            o.exchange_order_id,
+            str(o.executed_qty),
+            o.created_ms,
+            o.updated_ms,
+            o.reason,
+            o.time_in_force._value_,
+            None if o.quote_qty is None else str(o.quote_qty),
+        )
+
+    @classmethod
+    def _order_row(cls, o: Order) -> dict[str, Any]:
+        return dict(zip(_ORDER_COLUMNS, cls._order_values(o), strict=True))
 
     def _hot_execute(self, stmt: Any, params: dict[str, Any]) -> Any:
         """Run one statement and commit on a long-lived connection (the order path's latency).
@@ -319,25 +321,7 @@ class Store:
                 cur = self._hot_cursor = dbapi.cursor()
             elif self._hot is not None and self._hot.in_transaction():
                 self._hot.commit()  # a statement of _hot_execute left open: never mix it into ours
-            price = order.price
-            quote_qty = order.quote_qty
-            row = (
-                order.client_order_id,
-                order.symbol,
-                order.side._value_,  # the enums' plain str values (`.value` is a slower descriptor)
-                order.order_type._value_,
-                str(order.qty),
-                None if price is None else str(price),
-                order.status._value_,
-                order.exchange_order_id,
-                str(order.executed_qty),
-                order.created_ms,
-                order.updated_ms,
-                order.reason,
-                order.time_in_force._value_,
-                None if quote_qty is None else str(quote_qty),
-            )
-            cur.execute(self._raw_order_insert, row)
+            cur.execute(self._raw_order_insert, self._order_values(order))
             dbapi.commit()
         except Exception:
             conn = self._hot
