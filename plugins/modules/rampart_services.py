@@ -95,6 +95,8 @@ def main() -> None:
         if rc != 0:
             module.fail_json(msg=f"systemctl daemon-reload failed: {err.strip()}")
     names = [unit["name"] for unit in units]
+    if not names:  # `systemctl show` without a unit would describe the manager itself
+        module.exit_json(changed=False, actions=[])
     rc, out, err = module.run_command([systemctl, "show", "--property=" + ",".join(PROPERTIES), "--", *names])
     if rc != 0:
         module.fail_json(msg=f"systemctl show failed: {err.strip()}")

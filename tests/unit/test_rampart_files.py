@@ -7,12 +7,10 @@ import grp
 import json
 import os
 import pwd
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support.plugins import ROOT
+from support.plugins import run_ansible
 
 OWNER = pwd.getpwuid(os.getuid()).pw_name
 GROUP = grp.getgrgid(os.getgid()).gr_name
@@ -45,17 +43,7 @@ PLAY = """
 def run(tmp: Path, files: list[dict], *extra: str) -> tuple[int, dict]:
     """ansible-playbook with the json callback; the play's tasks by name -> localhost's result."""
     (tmp / "play.yml").write_text(PLAY.format(owner=OWNER, group=GROUP, files=json.dumps(files)))
-    ansible = Path(sys.executable).with_name("ansible-playbook")
-    proc = subprocess.run([str(ansible), "-i", "localhost,", "-c", "local", str(tmp / "play.yml"), *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"})
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
-    report = json.loads(proc.stdout)
-    tasks = {}
-    for play in report["plays"]:
-        for task in play["tasks"]:
-            tasks[task["task"]["name"]] = task["hosts"]["localhost"]
-    return proc.returncode, tasks
+    return run_ansible(str(tmp / "play.yml"), *extra, playbook=True)
 
 
 @pytest.fixture

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from support.plugins import ROOT, load_plugin
+from support.plugins import load_plugin, run_ansible
 
 rampart_missing_packages = load_plugin("plugins/filter/packages.py").rampart_missing_packages
 parse = load_plugin("plugins/modules/rampart_packages.py").parse
@@ -40,13 +36,9 @@ def test_only_installed_packages_in_package_facts_shape():
 @pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="needs a Debian controller")
 def test_the_module_agrees_with_dpkg_on_this_machine():
     """Run for real (ansible's localhost, read-only): every package dpkg calls installed, with its version."""
-    ansible = Path(sys.executable).with_name("ansible")
-    proc = subprocess.run([str(ansible), "localhost", "-i", "localhost,", "-c", "local", "-m", "rampart_packages"],
-                          cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"})
-    assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-1000:]
-    result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    rc, tasks = run_ansible("-m", "rampart_packages")
+    result = next(iter(tasks.values()))
+    assert rc == 0, result
     packages = result["ansible_facts"]["packages"]
     dpkg = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package} ${Version}\n"],
                           capture_output=True, text=True, check=True).stdout.splitlines()

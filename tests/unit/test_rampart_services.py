@@ -4,7 +4,7 @@ The module itself runs in the lab converge (units on real systemd hosts; this co
 from __future__ import annotations
 
 import pytest
-from support.plugins import load_plugin
+from support.plugins import load_plugin, run_ansible
 
 module = load_plugin("plugins/modules/rampart_services.py")
 
@@ -46,3 +46,13 @@ def test_show_output_is_one_block_per_unit_in_order():
 ])
 def test_only_what_differs_is_run(wanted, file_state, active, verbs):
     assert module.plan(wanted, {"UnitFileState": file_state, "ActiveState": active}) == verbs
+
+
+def test_an_empty_unit_list_changes_nothing_and_asks_systemctl_nothing():
+    """A role whose list came out empty (no stale timers, say): `systemctl show` without a unit would describe
+    the manager itself, so the module must answer before asking. Runs the module for real (on a controller
+    without a running systemd, asking would fail)."""
+    rc, tasks = run_ansible("-m", "rampart_services", "-a", '{"units": []}')
+    result = next(iter(tasks.values()))
+    assert rc == 0, result
+    assert result["changed"] is False and result["actions"] == []

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support.plugins import ROOT, load_plugin
+from support.plugins import load_plugin, run_ansible
 
 apply = load_plugin("plugins/modules/rampart_settings.py").apply
 
@@ -31,14 +29,9 @@ def test_a_key_is_not_matched_inside_a_longer_key():
 
 
 def _module(path: Path, settings: dict, *extra: str) -> tuple[int, dict]:
-    ansible = Path(sys.executable).with_name("ansible")
     args = json.dumps({"path": str(path), "settings": settings, "owner": "root", "group": "root", "mode": "0640"})
-    proc = subprocess.run([str(ansible), "localhost", "-c", "local", "-i", "localhost,", "-m", "rampart_settings",
-                           "-a", args, *extra], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL,
-                          env={**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"})
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc.returncode, json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    rc, tasks = run_ansible("-m", "rampart_settings", "-a", args, *extra)
+    return rc, next(iter(tasks.values()))
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="sets root ownership")
