@@ -80,6 +80,16 @@ def test_issue_is_idempotent_renews_and_follows_names(tmp):
     assert again.rc == 0 and again.changed("db01") == 0, again.changed_tasks("db01")
     assert load_cert(cert).serial_number == leaf.serial_number
 
+    # Drift the no-op's one look must catch: a loosened key, a tampered trust anchor. Both are put back, and
+    # the certificate is kept (same serial): nothing is re-issued for a mode.
+    key.chmod(0o644)
+    anchor = tmp / "trust" / "ca.crt"
+    anchor.write_text(anchor.read_text() + "# not the platform CA\n")
+    fixed = run_playbook(book, inv, *ca_vars(tmp))
+    assert fixed.rc == 0, fixed.failures()
+    assert mode(key) == 0o600 and "# not the platform CA" not in anchor.read_text()
+    assert load_cert(cert).serial_number == leaf.serial_number
+
     # Fewer than platform_ca_renew_days left: re-issued for the same key, and then stable again.
     renew = ["-e", json.dumps({"platform_ca_renew_days": 400, "platform_ca_cert_days": 500})]
     renewed = run_playbook(book, inv, *ca_vars(tmp), *renew)
