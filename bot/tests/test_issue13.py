@@ -10,10 +10,12 @@ import time
 from decimal import Decimal as D
 
 import aiohttp
+import msgspec
 import orjson
 import pytest
 from aiohttp import web
 
+from rampart_bot.adapters import venue_types
 from rampart_bot.adapters.binance_rest import OrderNotFound, TransportError
 from rampart_bot.adapters.binance_ws import Backoff, MarketDataClient, ParseStats
 from rampart_bot.adapters.persistence import Store
@@ -92,6 +94,18 @@ def test_1_corrupt_values_are_refused_before_the_strategy() -> None:
 
 
 # -- 2. one message cannot freeze the book or the tape ------------------------------------------
+@pytest.mark.parametrize("price", ["0.5\n", "0.5\r", " 0.5", "0.5 ", "-0.5", "5e-1", ""])
+def test_1_a_rest_decimal_with_anything_around_it_is_refused(price: str) -> None:
+    """The REST and user-data shapes take only a plain decimal string; a trailing newline once slipped
+    through (the pattern ended in $, which also matches before a final newline)."""
+    body = {"symbol": "BTCUSDT", "bidPrice": price, "bidQty": "1", "askPrice": "30000.01", "askQty": "1"}
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(orjson.dumps(body), type=venue_types.BookTickerRest)
+    good = msgspec.json.decode(orjson.dumps({**body, "bidPrice": "29999.99"}),
+                               type=venue_types.BookTickerRest)
+    assert good.bidPrice == "29999.99"
+
+
 def test_2_sequence_jumps_are_feed_faults_and_reconnect_resets_the_tape() -> None:
     engine, spy = offline_engine()
     engine.on_raw(book(100, "30000.00", "30000.02"))

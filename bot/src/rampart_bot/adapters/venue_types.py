@@ -13,7 +13,8 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 # The venue writes every decimal as a plain string ("0.00100000"): no sign, exponent, NaN or number.
-Dec = Annotated[str, Meta(pattern=r"^[0-9]{1,20}(\.[0-9]{1,20})?$")]
+# \Z, not $: msgspec searches with the pattern, and $ also matches before a final newline ("0.5\n").
+Dec = Annotated[str, Meta(pattern=r"^[0-9]{1,20}(\.[0-9]{1,20})?\Z")]
 Id = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Ms = Annotated[int, Meta(ge=0)]
 ClientId = Annotated[str, Meta(max_length=64)]
