@@ -140,39 +140,41 @@ def certificate_reasons(cert, key_public, params: dict, now: datetime.datetime) 
     return reasons
 
 
+def read_checked(path: str, owner: str, group: str, mode: int, missing: str, reasons: list[str]) -> bytes | None:
+    """The file's bytes, adding to `reasons` why its owner, group or mode are wrong; None (and `missing` as the
+    reason) when there is no such file."""
+    if not os.path.isfile(path):
+        reasons.append(f"{path}: {missing}")
+        return None
+    reasons += ownership(path, owner, group, mode)
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def inspect(params: dict, now: datetime.datetime | None = None) -> dict:
     """The module's answer for `params` (its options), read from this host's files."""
     now = now or datetime.datetime.now(datetime.UTC)
-    reasons: list[str] = []
     trust_path = params["trust_path"]
-    trusted = False
-    if not os.path.isfile(trust_path):
-        reasons.append(f"{trust_path}: no trust anchor")
-    else:
-        with open(trust_path, "rb") as f:
-            content = f.read()
-        trust_reasons = ownership(trust_path, "root", "root", 0o644)
-        if content != params["trust_content"].encode():
-            trust_reasons.append(f"{trust_path}: not the platform CA certificate")
-        trusted = not trust_reasons
-        reasons += trust_reasons
+    trust_reasons: list[str] = []
+    anchor = read_checked(trust_path, "root", "root", 0o644, "no trust anchor", trust_reasons)
+    if anchor is not None and anchor != params["trust_content"].encode():
+        trust_reasons.append(f"{trust_path}: not the platform CA certificate")
+    trusted = not trust_reasons
     try:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
     except ImportError:
-        return {"fits": False, "trusted": trusted, "reasons": [*reasons, "python3-cryptography is not installed"]}
+        return {"fits": False, "trusted": trusted,
+                "reasons": [*trust_reasons, "python3-cryptography is not installed"]}
 
     cert_reasons: list[str] = []
     key_public = None
-    key_path, cert_path = params["key_path"], params["cert_path"]
-    if not os.path.isfile(key_path):
-        cert_reasons.append(f"{key_path}: no key")
-    else:
-        cert_reasons += ownership(key_path, params["owner"], params["group"], 0o600)
+    key_path, cert_path, owner, group = params["key_path"], params["cert_path"], params["owner"], params["group"]
+    key_pem = read_checked(key_path, owner, group, 0o600, "no key", cert_reasons)
+    if key_pem is not None:
         try:
-            with open(key_path, "rb") as f:
-                key = serialization.load_pem_private_key(f.read(), password=None)
+            key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError):
             cert_reasons.append(f"{key_path}: not an unencrypted PEM private key")
         else:
@@ -180,18 +182,15 @@ def inspect(params: dict, now: datetime.datetime | None = None) -> dict:
                 cert_reasons.append(f"{key_path}: not an EC key on {params['curve']}")
             else:
                 key_public = key.public_key()
-    if not os.path.isfile(cert_path):
-        cert_reasons.append(f"{cert_path}: no certificate")
-    else:
-        cert_reasons += ownership(cert_path, params["owner"], params["group"], 0o644)
+    cert_pem = read_checked(cert_path, owner, group, 0o644, "no certificate", cert_reasons)
+    if cert_pem is not None:
         try:
-            with open(cert_path, "rb") as f:
-                cert = x509.load_pem_x509_certificate(f.read())
+            cert = x509.load_pem_x509_certificate(cert_pem)
         except ValueError:
             cert_reasons.append(f"{cert_path}: not a PEM certificate")
         else:
             cert_reasons += [f"{cert_path}: {r}" for r in certificate_reasons(cert, key_public, params, now)]
-    return {"fits": not cert_reasons, "trusted": trusted, "reasons": reasons + cert_reasons}
+    return {"fits": not cert_reasons, "trusted": trusted, "reasons": trust_reasons + cert_reasons}
 
 
 def main() -> None:
