@@ -15,6 +15,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The tier tests a first converge on fresh hosts, so it starts from none: a lab already on this machine (this
+# checkout's or another's, whose hosts keep that checkout's keys and secrets) is removed first.
+echo "== lab down (any lab already on this machine; the tier builds its own)"
+$BIN/rampart --env "$ENV" lab down
 echo "== lab up"
 $BIN/rampart --env "$ENV" lab up
 [ "$ENV" != lab ] || $BIN/python scripts/bootstrap-secrets.py --env "$ENV"

@@ -452,7 +452,7 @@ class Lab:
 
     def up(self) -> dict[str, float]:
         self.preflight()
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        claim(self.repo)
         self.ensure_base()
         self.ensure_keys()
         t0 = time.monotonic()
@@ -479,6 +479,32 @@ class Lab:
 
     def status(self) -> list[tuple[str, str, bool]]:
         return [(h, str(self.topo.access_address(h)), _alive(self.host_dir(h) / "pid")) for h in self.lab_hosts()]
+
+
+def claim(repo: Path) -> None:
+    """One lab per machine, and only its own checkout may bring it up again.
+
+    The hosts' overlays keep the converged state of the checkout that built them: its SSH key, its Vault
+    ceremony, its generated secrets. Adopting them from another checkout gives a converge that cannot unseal
+    Vault and a "first converge" that is not one, so that is refused, naming the owner and the way out.
+    """
+    here = str(repo.resolve())
+    owner_file = RUN_DIR / files.OWNER
+    try:
+        owner: str | None = owner_file.read_text().strip()
+    except FileNotFoundError:
+        owner = None
+    hosts_dir = RUN_DIR / "hosts"
+    hosts = sorted(p.name for p in hosts_dir.iterdir()) if hosts_dir.exists() else []
+    if owner != here and (owner is not None or hosts):
+        built_by = (f"another checkout, {owner}" + ("" if Path(owner).is_dir() else " (that directory is gone)")
+                    if owner else "a checkout that did not record itself (an older rampart)")
+        raise LabError(f"a lab built by {built_by} is on this machine (hosts: {', '.join(hosts) or 'none'} "
+                       f"in {hosts_dir}). There is one lab per machine, and this checkout's keys and secrets do not "
+                       f"fit its hosts. Remove it first: `make lab-down` (from any checkout; it removes any lab "
+                       f"on this machine), then run this again.")
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    owner_file.write_text(here + "\n")
 
 
 # ---- teardown: from the lab's own state and names, no topology needed ------------------------------

@@ -17,6 +17,7 @@ OPS_USER = "ops"  # the automation user baked into the base image (NOPASSWD sudo
 ALERTS = "alert-receiver/alerts.jsonl"  # under RUN_DIR: every notification the lab's receiver got
 RUN_DIR = Path("/var/lib/rampart-lab")  # overlays, pids, logs, apt-cacher-ng state
 CACHE_DIR = Path("/var/cache/rampart")  # debootstrap base and package cache: survive `lab down`
+OWNER = "owner"  # under RUN_DIR: the checkout whose keys and secrets the running lab's hosts were built with
 
 
 def read_state(repo: Path) -> dict | None:
