@@ -168,3 +168,13 @@ def test_ansible_output_never_shows_the_canary(topo):
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert canary not in proc.stdout and canary not in proc.stderr
     print(f"\nansible output: {len(proc.stdout)} characters of verbose output, canary absent")
+
+
+def test_no_agent_keeps_the_lab_operators_keys_after_the_playbooks():
+    """The converges (and this file's playbooks) decrypted Vault shares and root tokens with the lab operators'
+    private keys on the controller. gpg starts an agent for that keyring; each decryption must stop it, so no
+    process outlives the run holding those keys."""
+    home = str(lab.ROOT / ".secrets" / "lab" / "operators" / "gnupg")
+    ps = lab.run(["ps", "-eo", "pid,args"])
+    agents = [line.strip() for line in ps.stdout.splitlines() if "gpg-agent" in line and home in line]
+    assert not agents, f"gpg-agent still running for {home}: {agents}"
