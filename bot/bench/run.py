@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import itertools
 import os
 import pstats
 import resource
@@ -46,6 +47,7 @@ LOAD_COUNT = int(os.environ.get("BENCH_LOAD_COUNT", "300000"))
 LATENCY_ORDERS = int(os.environ.get("BENCH_LATENCY_ORDERS", "1000"))
 ECHO_ROUNDS = 3000
 INSERT_SAMPLES = 300  # per regime in the warm/paused SQLite baseline
+INSERT_WARMUP = 50  # inserts per regime left out of its samples
 STARTUP_RUNS = 3
 THROUGHPUT_ROUNDS = 3
 TICK_INTERVAL = float(os.environ.get("BENCH_TICK_INTERVAL", "0.01"))  # 100 ticks/s: latency, not load
@@ -277,23 +279,22 @@ def insert_warm_and_paused(db_url: str) -> tuple[list[float], list[float]]:
     tick-to-order on a quiet feed pays again."""
     store = Store(db_url)
     store.migrate()
-    warm: list[float] = []
-    paused: list[float] = []
     perf = time.perf_counter
-    for i in range(2 * INSERT_SAMPLES + 100):
-        order = Order(f"bench-{i}", "BTCUSDT", Side.BUY, OrderType.MARKET, Decimal("0.001"), None)
-        pause = i >= INSERT_SAMPLES + 50
-        if pause:
-            until = perf() + TICK_INTERVAL
+    ids = itertools.count()
+
+    def timed(pause: float) -> list[float]:
+        samples = []
+        for _ in range(INSERT_WARMUP + INSERT_SAMPLES):
+            order = Order(f"bench-{next(ids)}", "BTCUSDT", Side.BUY, OrderType.MARKET, Decimal("0.001"), None)
+            until = perf() + pause
             while perf() < until:
                 pass
-        t0 = time.perf_counter_ns()
-        store.insert_order(order)
-        took = (time.perf_counter_ns() - t0) / 1e9
-        if 50 <= i < INSERT_SAMPLES + 50:
-            warm.append(took)
-        elif i >= INSERT_SAMPLES + 100:
-            paused.append(took)
+            t0 = time.perf_counter_ns()
+            store.insert_order(order)
+            samples.append((time.perf_counter_ns() - t0) / 1e9)
+        return samples[INSERT_WARMUP:]
+
+    warm, paused = timed(0.0), timed(TICK_INTERVAL)
     store.close()
     return warm, paused
 

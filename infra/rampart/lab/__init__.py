@@ -494,15 +494,14 @@ def claim(repo: Path) -> None:
         owner: str | None = owner_file.read_text().strip()
     except FileNotFoundError:
         owner = None
-    hosts_dir = RUN_DIR / "hosts"
-    hosts = sorted(p.name for p in hosts_dir.iterdir()) if hosts_dir.exists() else []
+    hosts = _built_hosts()
     if owner != here and (owner is not None or hosts):
         built_by = (f"another checkout, {owner}" + ("" if Path(owner).is_dir() else " (that directory is gone)")
                     if owner else "a checkout that did not record itself (an older rampart)")
         raise LabError(f"a lab built by {built_by} is on this machine (hosts: {', '.join(hosts) or 'none'} "
-                       f"in {hosts_dir}). There is one lab per machine, and this checkout's keys and secrets do not "
-                       f"fit its hosts. Remove it first: `make lab-down` (from any checkout; it removes any lab "
-                       f"on this machine), then run this again.")
+                       f"in {RUN_DIR / 'hosts'}; owner recorded in {owner_file}). There is one lab per machine, "
+                       f"and this checkout's keys and secrets do not fit its hosts. Remove it first: "
+                       f"`make lab-down` (from any checkout; it removes any lab on this machine), then run this again.")
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     owner_file.write_text(here + "\n")
 
@@ -511,6 +510,12 @@ def claim(repo: Path) -> None:
 
 def _host_dir(host: str) -> Path:
     return RUN_DIR / "hosts" / host
+
+
+def _built_hosts() -> list[str]:
+    """The hosts a lab on this machine built (running or not), from its run directory."""
+    hosts_dir = RUN_DIR / "hosts"
+    return sorted(p.name for p in hosts_dir.iterdir()) if hosts_dir.exists() else []
 
 
 def _stop_host(host: str) -> None:
@@ -546,9 +551,7 @@ def down(repo: Path) -> None:
     found under the lab's run directory and its cgroup, links and routes found by the lab's names."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root to tear down: run `sudo make lab-down`")
-    hosts_dir = RUN_DIR / "hosts"
-    known = {p.name for p in hosts_dir.iterdir()} if hosts_dir.exists() else set()
-    known |= set((files.read_state(repo) or {}).get("hosts", {}))
+    known = set(_built_hosts()) | set((files.read_state(repo) or {}).get("hosts", {}))
     for host in sorted(known):
         _stop_host(host)
         log(f"stopped {host}")
