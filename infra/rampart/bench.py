@@ -1,13 +1,17 @@
 """Benchmarks; they print figures and assert nothing.
 
 `python -m rampart.bench [ENV]`: the lab, from nothing (base image cached) to SSH-ready, first converge,
-no-op reconverge, and `ansible all -m ping` measured in the same run as the baseline.
+no-op reconverge, and `ansible all -m ping` measured in the same run as the baseline. Next to the no-op: the
+CPU it cost the controller and the lab's hosts, and what this machine charges for one fork of a process the
+controller's size (Ansible forks a worker per task per host, so that figure moves the no-op from day to day).
 `python -m rampart.bench topology [HOSTS]`: loading and validating a generated topology of HOSTS hosts
 (default 1000) from a file, to show that validation stays linear."""
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -17,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from rampart.cli import repo_root, topology_path
-from rampart.lab import Lab
+from rampart.lab import CGROUP, Lab
 from rampart.topology import load
 
 
@@ -27,6 +31,35 @@ def timed(cmd: list[str]) -> tuple[float, str]:
     if proc.returncode != 0:
         sys.exit(f"bench: `{' '.join(cmd)}` failed:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
     return time.monotonic() - t0, proc.stdout
+
+
+def children_cpu() -> float:
+    """CPU seconds of every finished child process (and their own children): the controller's side."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def lab_cpu() -> float | None:
+    """CPU seconds used so far by the lab's hosts (their cgroup), None where the cgroup v2 tree is absent."""
+    for stat in (Path("/sys/fs/cgroup/unified") / CGROUP / "cpu.stat", Path("/sys/fs/cgroup") / CGROUP / "cpu.stat"):
+        if stat.is_file():
+            fields = dict(line.split() for line in stat.read_text().splitlines())
+            return int(fields["usage_usec"]) / 1e6
+    return None
+
+
+def fork_cost(megabytes: float, rounds: int = 40) -> float:
+    """Milliseconds for fork + exit + wait of a process holding this much touched memory."""
+    ballast = bytearray(int(megabytes * 2**20))
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    return (time.perf_counter() - t0) / rounds * 1e3
 
 
 def tasks_per_host(recap: str) -> dict[str, int]:
@@ -54,11 +87,16 @@ def main(env: str = "lab") -> None:
     inventory = ["-i", f"inventory/{env}", "--vault-id", f"{env}@scripts/vault-pass-client.py"]
     playbook = [str(bin_ / "ansible-playbook"), *inventory, "playbooks/site.yml"]
     first, _ = timed(playbook)
+    cpu0, lab0 = children_cpu(), lab_cpu()
     noop, recap = timed(playbook)
+    controller_cpu, lab1 = children_cpu() - cpu0, lab_cpu()
+    controller_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far
     ping, _ = timed([str(bin_ / "ansible"), *inventory, "all", "-m", "ansible.builtin.ping"])
     lab.down()
     tasks = tasks_per_host(recap)
     changed = sum(int(n) for n in re.findall(r"^\S+\s+: ok=\d+\s+changed=(\d+)", recap, re.M))
+    host_tasks = sum(tasks.values())
+    lab_share = f"{lab1 - lab0:.1f} s" if lab0 is not None and lab1 is not None else "n/a"
     rows = [
         ("hosts", f"{len(ready)}", ""),
         ("lab up → all SSH-ready (base cached)", f"{up:.1f} s", "target ≤ 15 s"),
@@ -69,6 +107,11 @@ def main(env: str = "lab") -> None:
         ("no-op reconverge / ping baseline", f"{noop / ping:.1f}×", "target ≤ 2×"),
         ("tasks changed by the no-op", f"{changed}", "must be 0 (idempotence)"),
         ("tasks per host in the no-op", ", ".join(f"{h} {n}" for h, n in sorted(tasks.items())), ""),
+        ("host-tasks in the no-op", f"{host_tasks}", "one forked controller worker each"),
+        ("no-op CPU: controller / lab hosts", f"{controller_cpu:.1f} s / {lab_share}", "2 CPUs shared by both"),
+        ("controller CPU per host-task", f"{controller_cpu / max(host_tasks, 1) * 1e3:.0f} ms", ""),
+        (f"this machine: fork+exit at {controller_mb:.0f} MB", f"{fork_cost(controller_mb):.1f} ms",
+         "the controller's peak size; the day-to-day variable"),
     ]
     print("\nlab benchmark")
     for name, value, note in rows:
