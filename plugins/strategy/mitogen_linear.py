@@ -17,6 +17,7 @@ runs interleaved on one lab):
 - What Jinja compiles is kept for the run's other workers (rampart.jinja_code_cache): the no-op compiled the same
   558 templates 4,650 times, 12.3 s of CPU."""
 
+import contextlib
 import gc
 import os
 
@@ -40,8 +41,10 @@ def _worker_run_without_gc(self):
 
 ansible.executor.process.worker.WorkerProcess._run = _worker_run_without_gc
 
-# Inside the run's own local temp directory (0700, removed by ansible-core when the run ends).
-jinja_code_cache.install(os.path.join(ansible.constants.DEFAULT_LOCAL_TMP, "jinja-code"))
+# Inside the run's own local temp directory (0700, removed by ansible-core when the run ends). A cache that cannot
+# be made (a full disk) costs speed only.
+with contextlib.suppress(OSError):
+    jinja_code_cache.install(os.path.join(ansible.constants.DEFAULT_LOCAL_TMP, "jinja-code"))
 
 _Linear = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
