@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from rampart.cli import repo_root, topology_path
-from rampart.lab import CGROUP, Lab
+from rampart.lab import CGROUP, CGROUP_V2, Lab
 from rampart.topology import load
 
 
@@ -40,12 +40,12 @@ def children_cpu() -> float:
 
 
 def lab_cpu() -> float | None:
-    """CPU seconds used so far by the lab's hosts (their cgroup), None where the cgroup v2 tree is absent."""
-    for stat in (Path("/sys/fs/cgroup/unified") / CGROUP / "cpu.stat", Path("/sys/fs/cgroup") / CGROUP / "cpu.stat"):
-        if stat.is_file():
-            fields = dict(line.split() for line in stat.read_text().splitlines())
-            return int(fields["usage_usec"]) / 1e6
-    return None
+    """CPU seconds used so far by the lab's hosts (their cgroup v2 tree), None where it is absent."""
+    stat = CGROUP_V2 / CGROUP / "cpu.stat"
+    if not stat.is_file():
+        return None
+    fields = dict(line.split() for line in stat.read_text().splitlines())
+    return int(fields["usage_usec"]) / 1e6
 
 
 FORK_REFERENCE_MB = 80  # the no-op controller's resident size (ansible-playbook measured at 75-83 MB)

@@ -38,12 +38,14 @@ _SETTINGS = (
 )  # fmt: skip
 
 
+# ansible-core's lexer escapes backslashes in expressions only inside this context, so it is part of the key.
+try:
+    from ansible._internal._templating._jinja_bits import _TemplateCompileContext
+except ImportError:  # a release that moved it: no cache (install() does nothing) rather than a key missing it
+    _TemplateCompileContext = None
+
+
 def _escaping_backslashes() -> bool:
-    """ansible-core's lexer escapes backslashes in expressions only inside its own compile context."""
-    try:
-        from ansible._internal._templating._jinja_bits import _TemplateCompileContext
-    except ImportError:  # not run by ansible-core (or a release without it): nothing to escape
-        return False
     ctx = _TemplateCompileContext.current(optional=True)
     return bool(ctx and ctx.escape_backslashes)
 
@@ -82,7 +84,7 @@ def _store(path: str, code: Any) -> None:
 def install(directory: str) -> Callable[[], None]:
     """Cache compiled templates in `directory` (made 0700 if absent). Returns the function that undoes it.
     Installing twice in one process keeps the first directory."""
-    if getattr(jinja2.Environment.compile, "rampart_cache", None):
+    if _TemplateCompileContext is None or getattr(jinja2.Environment.compile, "rampart_cache", None):
         return lambda: None
     os.makedirs(directory, mode=0o700, exist_ok=True)
     compile_ = jinja2.Environment.compile

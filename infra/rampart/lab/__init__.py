@@ -29,6 +29,7 @@ from rampart.topology import APT_PROXY_SERVICE, TIME_SERVICE, Topology
 BASE_VERSION = 2  # bump when the base recipe below changes; the cache is keyed by it
 SUITE = "bookworm"
 CGROUP = "rampart-lab"
+CGROUP_V2 = Path("/sys/fs/cgroup/unified")  # the hybrid layout the lab needs: its hosts' cgroup v2 tree
 BRIDGE_PREFIX, VETH_PREFIX = "rl-", "rv-"
 NFT_TABLE = "rampart_lab"
 LAB_ROUTE_PROTO = "242"  # marks the lab's own unreachable routes (see ensure_network)
@@ -134,7 +135,7 @@ class Lab:
             raise LabError(f"missing packages: {', '.join(missing)}. `make lab` installs them "
                            f"(or: apt-get install --no-install-recommends {' '.join(missing)})")
         for feature, path in (("cgroup v1 name=systemd hierarchy", "/sys/fs/cgroup/systemd"),
-                              ("cgroup v2 unified hierarchy", "/sys/fs/cgroup/unified"),
+                              ("cgroup v2 unified hierarchy", CGROUP_V2),
                               ("TUN device", "/dev/net/tun")):
             if not Path(path).exists():
                 raise LabError(f"kernel feature missing: {feature} ({path} does not exist)")
