@@ -2,7 +2,8 @@
 (loopback only, < 2 minutes; --quick: a fifth of the messages and orders, ~40 s).
 
 Every figure is printed next to a baseline measured in the same run:
-  1. pipeline ticks/s (parse -> book -> strategy -> risk -> metrics) vs a raw aiohttp+orjson loop
+  1. pipeline ticks/s (parse -> book -> strategy -> risk -> metrics) vs a raw aiohttp+orjson loop (the
+     issue's floor), and for reference vs the same loop through picows, the bot's WebSocket library
   2. tick-to-order latency p50/p99 vs a raw WebSocket echo round trip, and where it goes
   3. peak RSS of this process (the bot runs in-process; the simulator is a separate process)
   4. start-up: `rampart-bot --check-config`, and `rampart-bot --paper-with-sim` from spawn to /readyz
@@ -33,7 +34,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from rampart_bot.adapters.binance_ws import MarketDataClient
+from rampart_bot.adapters.binance_ws import SOCKET_RCVBUF_BYTES, MarketDataClient
 from rampart_bot.adapters.persistence import Store
 from rampart_bot.adapters.secrets import Secret
 from rampart_bot.core.model import Order, OrderIntent, OrderType, Side
@@ -49,7 +50,7 @@ ECHO_ROUNDS = 3000
 INSERT_SAMPLES = 300  # per regime in the warm/paused SQLite baseline
 INSERT_WARMUP = 50  # inserts per regime left out of its samples
 STARTUP_RUNS = 3
-THROUGHPUT_ROUNDS = 3
+THROUGHPUT_ROUNDS = 5  # a round's ratio moves by +-15 points on this VM: the median needs several
 TICK_INTERVAL = float(os.environ.get("BENCH_TICK_INTERVAL", "0.01"))  # 100 ticks/s: latency, not load
 
 
@@ -113,6 +114,40 @@ async def raw_floor(session: aiohttp.ClientSession, port: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
+async def picows_floor(port: int) -> float:
+    """The same floor through picows, the bot's own WebSocket library: for reference beside the
+    issue's aiohttp floor (what the bot's receive side saves is in the gap between the two)."""
+    import picows
+
+    loads = orjson.loads
+    text = picows.WSMsgType.TEXT
+    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    class Floor(picows.WSListener):
+        n = 0
+        t0 = 0.0
+
+        def on_ws_frame(self, transport, frame):  # type: ignore[no-untyped-def]
+            if frame.msg_type is not text or done.done():
+                return
+            if not self.n:
+                self.t0 = time.perf_counter()
+            loads(frame.get_payload_as_bytes())
+            self.n += 1
+            if self.n == LOAD_COUNT:
+                done.set_result(self.n / (time.perf_counter() - self.t0))
+
+    url = f"ws://127.0.0.1:{port}/stream?load={LOAD_COUNT}"
+    transport, _ = await picows.ws_connect(Floor, url, use_aiofastnet=False)
+    sock = transport.underlying_transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF_BYTES)  # as the bot's
+    try:
+        return await done
+    finally:
+        transport.disconnect()
+        await transport.wait_disconnected()
+
+
 def bench_engine(db_url: str) -> Engine:
     cfg = parse_config(
         {
@@ -155,7 +190,6 @@ async def pipeline(session: aiohttp.ClientSession, port: int, db_url: str) -> tu
         started.set()
 
     md = MarketDataClient(
-        session,
         f"ws://127.0.0.1:{port}",
         ["BTCUSDT"],
         engine.on_raw,
@@ -385,7 +419,7 @@ async def main(profile: bool) -> None:
     try:
         async with aiohttp.ClientSession() as session:
             await raw_floor(session, load_port)  # warm-up: the simulator builds and caches the frames
-            raws, pipes = [], []
+            raws, pipes, picows_raws = [], [], []
             engine = None
             # Floor and pipeline alternate, so each pair shares the machine's load of the moment.
             for i in range(THROUGHPUT_ROUNDS):
@@ -394,6 +428,8 @@ async def main(profile: bool) -> None:
                 gc.collect()
                 rate, engine = await pipeline(session, load_port, f"sqlite:///{tmp / f'pipe{i}.sqlite3'}")
                 pipes.append(rate)
+                gc.collect()
+                picows_raws.append(await picows_floor(load_port))
             rss_phase["throughput"] = rss_now()
             if profile:
                 profiler = cProfile.Profile()
@@ -444,6 +480,10 @@ async def main(profile: bool) -> None:
         f"   ratio per round (floor, then pipeline)  : median {statistics.median(ratios):.2%}"
         f"  (min {ratios[0]:.2%}, max {ratios[-1]:.2%})"
     )
+    picows_ratios = sorted(p / r for p, r in zip(pipes, picows_raws, strict=True))
+    best_picows = max(picows_raws)
+    print(f"   same floor through picows (reference)   : {best_picows:10.0f} msg/s   (the bot's library)")
+    print(f"   ratio pipeline/picows floor, per round  : median {statistics.median(picows_ratios):.2%}")
     print(f"   orders from the strategy in the last pipeline run: {submitted} (risk-rejected: {rejected})")
     print("")
     print("2. latency")

@@ -162,15 +162,12 @@ async def test_3_ack_then_close_does_not_reset_backoff() -> None:
 
     runner, url = await _serve(ack_and_close)
     try:
-        async with aiohttp.ClientSession() as session:
-            md = MarketDataClient(
-                session, url, [SYM], lambda raw: None, backoff=Backoff(0.05, 0.4), healthy_after_s=30
-            )
-            task = asyncio.create_task(md.run())
-            await asyncio.sleep(1.5)
-            md._stopping = True
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        md = MarketDataClient(url, [SYM], lambda raw: None, backoff=Backoff(0.05, 0.4), healthy_after_s=30)
+        task = asyncio.create_task(md.run())
+        await asyncio.sleep(1.5)
+        md._stopping = True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     finally:
         await runner.cleanup()
     # Exponential: 0.025-0.05, 0.05-0.1, 0.1-0.2, 0.2-0.4, ... -> at most ~8 in 1.5 s (was ~40).
@@ -193,15 +190,14 @@ async def test_3_connection_attempts_are_capped() -> None:
 
     runner, url = await _serve(close_now)
     try:
-        async with aiohttp.ClientSession() as session:
-            md = MarketDataClient(
-                session, url, [SYM], lambda raw: None, backoff=Backoff(0.001, 0.002),
-                limiter=ConnectLimiter(3, 300.0),
-            )  # fmt: skip
-            task = asyncio.create_task(md.run())
-            await asyncio.sleep(0.8)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        md = MarketDataClient(
+            url, [SYM], lambda raw: None, backoff=Backoff(0.001, 0.002),
+            limiter=ConnectLimiter(3, 300.0),
+        )  # fmt: skip
+        task = asyncio.create_task(md.run())
+        await asyncio.sleep(0.8)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     finally:
         await runner.cleanup()
     assert connects == 3
@@ -223,15 +219,14 @@ async def test_3_close_is_bounded_when_the_peer_never_answers() -> None:
 
     runner, url = await _serve(stream_forever)
     try:
-        async with aiohttp.ClientSession() as session:
-            md = MarketDataClient(session, url, [SYM], lambda raw: None, close_timeout_s=0.3)
-            task = asyncio.create_task(md.run())
-            while not md.frames:
-                await asyncio.sleep(0.01)
-            t0 = time.monotonic()
-            await asyncio.wait_for(md.stop(), 5)
-            await asyncio.wait_for(task, 5)
-            assert time.monotonic() - t0 < 3
+        md = MarketDataClient(url, [SYM], lambda raw: None, close_timeout_s=0.3)
+        task = asyncio.create_task(md.run())
+        while not md.frames:
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        await asyncio.wait_for(md.stop(), 5)
+        await asyncio.wait_for(task, 5)
+        assert time.monotonic() - t0 < 3
     finally:
         await runner.cleanup()
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from decimal import Decimal
 
-import aiohttp
 import msgspec
+import picows
 
 from ..core.model import Fill, Side
 from ..core.venue import BalanceUpdate, OrderUpdate
@@ -98,7 +99,6 @@ class UserStreamClient(ReconnectingStream):
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
         rest: BinanceRest,
         ws_url: str,
         on_update: Callable[[OrderUpdate | BalanceUpdate], object],
@@ -108,8 +108,9 @@ class UserStreamClient(ReconnectingStream):
         healthy_after_s: float = 30.0,
         keepalive_s: float = KEEPALIVE_S,
         close_timeout_s: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(session, self._dispatch, backoff, limiter, healthy_after_s, close_timeout_s)
+        super().__init__(self._dispatch, backoff, limiter, healthy_after_s, close_timeout_s, ssl_context)
         self.rest = rest
         self.ws_url = ws_url.rstrip("/")
         self.on_update = on_update
@@ -165,7 +166,7 @@ class UserStreamClient(ReconnectingStream):
             return None
         return f"{self.ws_url}/ws/{self._listen_key}"
 
-    async def _on_open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _on_open(self, transport: picows.WSTransport) -> None:
         self._keepalive = asyncio.create_task(self._keepalive_loop(self._listen_key))
         self.connected = True
 

@@ -12,12 +12,11 @@ They talk to the venue only through `core.venue.Venue` (Binance: `BinanceVenue`)
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
-
-import aiohttp
 
 from ..adapters.binance_rest import BinanceRest, BinanceVenue
 from ..adapters.binance_user import UserStreamClient
@@ -39,7 +38,7 @@ from ..core.orders import ClientIdGenerator, OrderTracker
 from ..core.risk import RiskEngine
 from ..core.strategy import Strategy, build_strategy
 from ..core.venue import Venue
-from .config import BotConfig
+from .config import BotConfig, venue_ssl_context
 from .gateway import OrderGateway
 from .ledger import Ledger
 from .metrics import Metrics
@@ -163,12 +162,14 @@ class Engine:
     user_stream = _forward("supervisor", "user_stream")
 
     # -- start ---------------------------------------------------------------------------------
-    async def start(self, session: aiohttp.ClientSession) -> None:
+    async def start(self) -> None:
         """Load state, connect the venue's streams, start the background tasks."""
         self.load_state()
         rt = self.cfg.runtime
+        # The WebSockets connect through picows, not the session: the same TLS trust as its REST calls.
+        tls = venue_ssl_context(self.cfg.venue)
+        ssl_context = tls if isinstance(tls, ssl.SSLContext) else None
         md = MarketDataClient(
-            session,
             self.cfg.venue.ws_url,
             self.symbols,
             self.on_raw,
@@ -178,11 +179,11 @@ class Engine:
             backoff=Backoff(rt.reconnect_base_s, rt.reconnect_cap_s),
             healthy_after_s=rt.healthy_after_s,
             limiter=self.connect_limiter,
+            ssl_context=ssl_context,
         )
         user_stream = None
         if self.user_stream_enabled and self.rest is not None:
             user_stream = UserStreamClient(
-                session,
                 self.rest,
                 self.cfg.venue.ws_url,
                 self.ledger.on_update,
@@ -190,6 +191,7 @@ class Engine:
                 backoff=Backoff(rt.reconnect_base_s, rt.reconnect_cap_s),
                 limiter=self.connect_limiter,
                 healthy_after_s=rt.healthy_after_s,
+                ssl_context=ssl_context,
             )
         await self.supervisor.start(md, user_stream)
 

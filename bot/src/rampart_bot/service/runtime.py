@@ -59,7 +59,8 @@ class BotRuntime:
         store = Store(cfg.database_url)
         store.migrate()
         # One connection per host is plenty; keep-alive is what makes order round trips fast.
-        # The one session carries REST and both WebSockets, so its TLS setting covers all venue traffic.
+        # The session carries the venue's REST calls; the engine's WebSockets (picows) take the same
+        # TLS trust from venue_ssl_context.
         connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300, ssl=venue_ssl_context(cfg.venue))
         session = aiohttp.ClientSession(connector=connector)
         rest = BinanceRest(
@@ -105,7 +106,7 @@ class BotRuntime:
             await session.close()
             store.close()
             raise
-        await engine.start(session)
+        await engine.start()
         log.info(
             "rampart-bot started",
             extra={"http_port": port, "operator_port": op_port, "mode": cfg.mode, "db": store.dialect},
