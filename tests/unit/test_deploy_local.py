@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from rampart import release as rel
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYS = Path(__file__).parent / "deploy_local"
-PLAYBOOK = shutil.which("ansible-playbook", path=str(Path(os.environ.get("VIRTUAL_ENV", "/work/main/.venv")) / "bin"))
+PLAYBOOK = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
 
 pytestmark = pytest.mark.skipif(PLAYBOOK is None, reason="needs ansible-playbook in the virtualenv")
 

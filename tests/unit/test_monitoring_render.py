@@ -12,13 +12,15 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-ANSIBLE_PLAYBOOK = Path("/work/main/.venv/bin/ansible-playbook")
+# The virtualenv running the tests (not a fixed checkout path: CI runs from a clean clone anywhere).
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 if not ANSIBLE_PLAYBOOK.exists():
     ANSIBLE_PLAYBOOK = Path(shutil.which("ansible-playbook") or "ansible-playbook")
 
