@@ -307,20 +307,8 @@ class Store:
         statement machinery, a new cursor per call and bind-by-name are skipped. The driver connection
         is the one under `_hot`, kept checked out, so it stays the same until an error drops both.
         """
-        dbapi = self._hot_dbapi
-        cur = self._hot_cursor
         try:
-            if dbapi is None or cur is None:
-                conn = self._hot
-                if conn is None:
-                    conn = self._hot = self.engine.connect()
-                if conn.in_transaction():
-                    conn.commit()
-                dbapi = self._hot_dbapi = conn.connection.dbapi_connection
-                assert dbapi is not None
-                cur = self._hot_cursor = dbapi.cursor()
-            elif self._hot is not None and self._hot.in_transaction():
-                self._hot.commit()  # a statement of _hot_execute left open: never mix it into ours
+            dbapi, cur = self._hot_driver()
             cur.execute(self._raw_order_insert, self._order_values(order))
             dbapi.commit()
         except Exception:
@@ -334,6 +322,49 @@ class Store:
                 except Exception:  # noqa: BLE001 - already broken
                     pass
             raise
+
+    def _hot_driver(self) -> tuple[Any, Any]:
+        """The hot connection's driver connection and cursor (opened on first use), with no
+        transaction open."""
+        dbapi = self._hot_dbapi
+        cur = self._hot_cursor
+        if dbapi is None or cur is None:
+            conn = self._hot
+            if conn is None:
+                conn = self._hot = self.engine.connect()
+            if conn.in_transaction():
+                conn.commit()
+            dbapi = self._hot_dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None
+            cur = self._hot_cursor = dbapi.cursor()
+        elif self._hot is not None and self._hot.in_transaction():
+            self._hot.commit()  # a statement of _hot_execute left open: never mix it into ours
+        return dbapi, cur
+
+    def rehearse_insert(self, order: Order) -> bool:
+        """Run insert_order's INSERT and roll it back, so its code and pages are in the CPU's caches at
+        the next real one (service/keep_warm.py). SQLite only: elsewhere it would cost the database
+        server a round trip per call. Only with no transaction open on the hot connection (it opens
+        it if need be, as the first real insert would); an error is ignored here (the real insert
+        reports its own). True if it ran."""
+        if self.dialect != "sqlite" or (self._hot is not None and self._hot.in_transaction()):
+            return False  # (a statement of _hot_execute left open is committed by its owner, not here)
+        try:
+            dbapi, cur = self._hot_driver()
+        except Exception:  # noqa: BLE001 - the real insert will meet (and report) the same problem
+            return False
+        if dbapi.in_transaction:
+            return False
+        try:
+            cur.execute(self._raw_order_insert, self._order_values(order))
+        except Exception:  # noqa: BLE001 - see above
+            pass
+        finally:
+            try:
+                dbapi.rollback()
+            except Exception:  # noqa: BLE001
+                pass
+        return True
 
     def _drop_hot_cursor(self) -> None:
         cur = self._hot_cursor

@@ -17,6 +17,7 @@ from ..adapters.binance_ws import MarketDataClient
 from ..core.model import TradingState
 from ..core.venue import CALL_FAILED
 from .gateway import OrderGateway
+from .keep_warm import KeepWarm
 from .ledger import Ledger
 from .reconciler import Reconciler
 from .shared import Part, Shared
@@ -34,6 +35,7 @@ class Supervisor(Part):
         self.md: MarketDataClient | None = None
         self.user_stream: UserStreamClient | None = None
         self._bg: list[asyncio.Task[Any]] = []
+        self.keep_warm: KeepWarm | None = None
         self._day = self._utc_day()
         shared.kill = self.kill
 
@@ -48,6 +50,10 @@ class Supervisor(Part):
         ]
         if user_stream is not None:
             self._bg.append(asyncio.create_task(user_stream.run(), name="user-data"))
+        warm_ms = self.cfg.runtime.keep_warm_ms
+        if warm_ms > 0:
+            self.keep_warm = KeepWarm(self.shared)
+            self._bg.append(asyncio.create_task(self.keep_warm.run(warm_ms / 1000), name="keep-warm"))
         self.shared.reconcile_wanted.set()
         if self.risk.manual_state is TradingState.HALTED:
             # A kill requested by config still cancels whatever the venue holds for us.
