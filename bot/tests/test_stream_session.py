@@ -282,3 +282,27 @@ async def test_a_handler_error_reconnects_with_backoff(monkeypatch: pytest.Monke
     finally:
         await runner.cleanup()
     assert connects >= 3  # each failure ended one session; the stream went on
+
+
+@pytest.mark.asyncio
+async def test_a_connect_that_never_completes_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that accepts TCP but never answers the upgrade: the attempt ends at the connect bound
+    (not picows' 10 s handshake timeout, nor the OS's two minutes) and counts as a failed connect."""
+    monkeypatch.setattr(binance_ws, "CONNECT_TIMEOUT_S", 0.3)
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        md = MarketDataClient(f"ws://127.0.0.1:{port}", ["BTCUSDT"], lambda raw: None)
+        reason = await asyncio.wait_for(md._session_once(f"ws://127.0.0.1:{port}/stream"), 5)
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert reason == "connect_failed:TimeoutError"
+    assert accepted

@@ -437,6 +437,7 @@ MAX_FRAME_BYTES = MAX_MESSAGE_BYTES * 4
 # at a few hundred KB. It is also the TCP window: 256 KB over 100 ms is 2.5 MB/s, far above a
 # Binance market-data connection's peak.
 SOCKET_RCVBUF_BYTES = 256 * 1024
+CONNECT_TIMEOUT_S = 15.0  # TCP connect, TLS and the WebSocket handshake of one attempt
 
 
 class StreamSession(WSListener):
@@ -725,7 +726,16 @@ class ReconnectingStream:
             await asyncio.sleep(delay)
 
     async def _connect(self, url: str) -> tuple[picows.WSTransport, StreamSession]:
-        transport, session = await picows.ws_connect(
+        # picows bounds the WebSocket handshake; the bound on TCP connect + TLS is ours (the OS alone
+        # would retry a blackholed SYN for about two minutes).
+        transport, session = await asyncio.wait_for(self._ws_connect(url), CONNECT_TIMEOUT_S)
+        sock = transport.underlying_transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF_BYTES)
+        return transport, session
+
+    async def _ws_connect(self, url: str) -> tuple[picows.WSTransport, StreamSession]:
+        return await picows.ws_connect(  # type: ignore[return-value]
             lambda: StreamSession(self),
             url,
             ssl_context=self.ssl_context,
@@ -738,10 +748,6 @@ class ReconnectingStream:
             # here, and the stdlib's TLS is the one reviewed everywhere else in the bot.
             use_aiofastnet=False,
         )
-        sock = transport.underlying_transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF_BYTES)
-        return transport, session  # type: ignore[return-value]
 
     async def _session_once(self, url: str) -> str:
         try:
