@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from rampart_bot.adapters.binance_ws import SOCKET_RCVBUF_BYTES, MarketDataClient
+from rampart_bot.adapters.binance_ws import MarketDataClient, cap_receive_buffer
 from rampart_bot.adapters.persistence import Store
 from rampart_bot.adapters.secrets import Secret
 from rampart_bot.core.model import Order, OrderIntent, OrderType, Side
@@ -139,8 +139,7 @@ async def picows_floor(port: int) -> float:
 
     url = f"ws://127.0.0.1:{port}/stream?load={LOAD_COUNT}"
     transport, _ = await picows.ws_connect(Floor, url, use_aiofastnet=False)
-    sock = transport.underlying_transport.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF_BYTES)  # as the bot's
+    cap_receive_buffer(transport)  # as the bot's
     try:
         return await done
     finally:

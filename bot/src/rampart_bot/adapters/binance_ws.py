@@ -505,10 +505,8 @@ class StreamSession(WSListener):
             if not frame.fin or self._fragments is not None:
                 self._fragments = bytearray()  # a new message also ends an unfinished one
                 self._add_fragment(frame)
-            elif self._held:
-                self._wait(frame.get_payload_as_bytes())
             else:
-                self._handle(frame.get_payload_as_bytes())
+                self._deliver(frame.get_payload_as_bytes())
         elif kind is _CONTINUATION:
             if self._fragments is not None:
                 self._add_fragment(frame)
@@ -525,6 +523,12 @@ class StreamSession(WSListener):
         """Begin handing frames to the stream (those that arrived during set-up first)."""
         self._healthy_at = healthy_at
         self._release()
+
+    def _deliver(self, payload: bytes) -> None:
+        if self._held:
+            self._wait(payload)
+        else:
+            self._handle(payload)
 
     def _handle(self, payload: bytes) -> None:
         stream = self.stream
@@ -596,10 +600,7 @@ class StreamSession(WSListener):
             parts += frame.get_payload_as_memoryview()[:room]
         if frame.fin:
             self._fragments = None
-            if self._held:
-                self._wait(bytes(parts))
-            else:
-                self._handle(bytes(parts))
+            self._deliver(bytes(parts))
 
     def _close(self, reason: str) -> None:
         if not self._closing:
@@ -617,6 +618,13 @@ _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
+
+
+def cap_receive_buffer(transport: picows.WSTransport) -> None:
+    """Set the connection's socket receive buffer to SOCKET_RCVBUF_BYTES (see there)."""
+    sock = transport.underlying_transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF_BYTES)
 
 
 async def close_bounded(transport: picows.WSTransport, timeout_s: float) -> None:
@@ -729,9 +737,7 @@ class ReconnectingStream:
         # picows bounds the WebSocket handshake; the bound on TCP connect + TLS is ours (the OS alone
         # would retry a blackholed SYN for about two minutes).
         transport, session = await asyncio.wait_for(self._ws_connect(url), CONNECT_TIMEOUT_S)
-        sock = transport.underlying_transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF_BYTES)
+        cap_receive_buffer(transport)
         return transport, session
 
     async def _ws_connect(self, url: str) -> tuple[picows.WSTransport, StreamSession]:

@@ -343,12 +343,10 @@ def validate(cfg: BotConfig, source: str) -> None:
         raise ConfigError(f"{source}: log_level: must be DEBUG, INFO, WARNING or ERROR")
 
 
-def venue_ssl_context(venue: VenueConfig) -> ssl.SSLContext | bool:
-    """TLS verification for venue REST and WebSocket: the configured CA bundle only, or (True) the
-    system trust store. Hostname checking stays on either way."""
-    if not venue.ca_file:
-        return True
-    return ssl.create_default_context(cafile=venue.ca_file)
+def venue_ssl_context(venue: VenueConfig) -> ssl.SSLContext:
+    """TLS verification for venue REST (aiohttp) and WebSockets (picows): the configured CA bundle
+    only, or the system trust store. Hostname checking stays on either way."""
+    return ssl.create_default_context(cafile=venue.ca_file or None)
 
 
 def provider_for(cfg: BotConfig) -> SecretsProvider:

@@ -38,7 +38,7 @@ from ..core.orders import ClientIdGenerator, OrderTracker
 from ..core.risk import RiskEngine
 from ..core.strategy import Strategy, build_strategy
 from ..core.venue import Venue
-from .config import BotConfig, venue_ssl_context
+from .config import BotConfig
 from .gateway import OrderGateway
 from .ledger import Ledger
 from .metrics import Metrics
@@ -162,13 +162,11 @@ class Engine:
     user_stream = _forward("supervisor", "user_stream")
 
     # -- start ---------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load state, connect the venue's streams, start the background tasks."""
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Load state, connect the venue's streams (wss:// verified by `ssl_context`; None: the
+        system trust store), start the background tasks."""
         self.load_state()
         rt = self.cfg.runtime
-        # The WebSockets connect through picows, not the session: the same TLS trust as its REST calls.
-        tls = venue_ssl_context(self.cfg.venue)
-        ssl_context = tls if isinstance(tls, ssl.SSLContext) else None
         md = MarketDataClient(
             self.cfg.venue.ws_url,
             self.symbols,

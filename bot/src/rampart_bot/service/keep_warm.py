@@ -45,6 +45,7 @@ class KeepWarm:
         self.book = TopOfBook(symbol)
         # Its own order-rate window: a scratch check must not use up the real one's budget.
         self.risk = RiskEngine(shared.rules, shared.cfg.limits)
+        self.risk.rules = shared.risk.rules  # the same dict the reconciler updates from exchangeInfo
         self.order_id = f"{shared.cfg.runtime.client_id_prefix}-warm"
         self.runs = 0
 
@@ -66,7 +67,6 @@ class KeepWarm:
             steps = (rules.min_notional / (mark * rules.step_size)).to_integral_value(ROUND_CEILING)
             qty = max(qty, steps * rules.step_size)
         intent = OrderIntent(self.symbol, Side.BUY, qty, None, OrderType.MARKET)
-        self.risk.rules = shared.rules  # replaced when the venue's rules arrive
         self.risk.check(intent, shared.tracker, time.monotonic())
         order = Order(self.order_id, self.symbol, Side.BUY, OrderType.MARKET, qty, None)
         shared.store.rehearse_insert(order)

@@ -59,9 +59,9 @@ class BotRuntime:
         store = Store(cfg.database_url)
         store.migrate()
         # One connection per host is plenty; keep-alive is what makes order round trips fast.
-        # The session carries the venue's REST calls; the engine's WebSockets (picows) take the same
-        # TLS trust from venue_ssl_context.
-        connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300, ssl=venue_ssl_context(cfg.venue))
+        # One TLS trust for all venue traffic: the session's REST calls and the engine's WebSockets.
+        tls = venue_ssl_context(cfg.venue)
+        connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300, ssl=tls)
         session = aiohttp.ClientSession(connector=connector)
         rest = BinanceRest(
             session,
@@ -106,7 +106,7 @@ class BotRuntime:
             await session.close()
             store.close()
             raise
-        await engine.start()
+        await engine.start(tls)
         log.info(
             "rampart-bot started",
             extra={"http_port": port, "operator_port": op_port, "mode": cfg.mode, "db": store.dialect},
