@@ -48,7 +48,7 @@ def test_subscribed_streams_take_the_fast_path() -> None:
     decode = binance_ws._decode_fast
     assert decode is not None
     envelope = orjson.dumps({"stream": STREAMS["book"], "data": BOOK})
-    assert type(decode(envelope).data).__name__ == "_BookData"
+    assert type(decode(envelope).data).__name__ == "_BookData"  # its subclass for this stream
     assert _outcome(envelope, fast=True) == _outcome(envelope, fast=False)
 
 
@@ -87,3 +87,40 @@ def test_size_pair_check_equals_two_single_checks(a: str, b: str) -> None:
     # The fast path checks a bookTicker's two sizes with one regex over "a b".
     single = binance_ws._PLAIN_DECIMAL(a) is not None and binance_ws._PLAIN_DECIMAL(b) is not None
     assert (binance_ws._PLAIN_DECIMAL_PAIR(f"{a} {b}") is not None) == single
+
+
+def _plain_decimal_reference(text: str) -> bool:
+    """The venue's decimal format, said without a regex: 1-20 ASCII digits, optionally a dot and 1-20 more."""
+    whole, dot, fraction = text.partition(".")
+
+    def digits(part: str) -> bool:
+        return 1 <= len(part) <= 20 and all("0" <= c <= "9" for c in part)
+
+    return digits(whole) and (not dot or digits(fraction))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(size_texts | st.text(alphabet="0123456789.", max_size=45))
+def test_plain_decimal_check_is_exactly_the_venue_format(text: str) -> None:
+    # The regexes use possessive quantifiers (no backtracking): they must accept the same language.
+    assert (binance_ws._PLAIN_DECIMAL(text) is not None) == _plain_decimal_reference(text)
+
+
+def test_a_frame_must_carry_its_streams_symbol_and_kind() -> None:
+    # Another symbol, or the other kind, inside a subscribed stream's envelope is a feed fault: it
+    # must never reach that symbol's book or tape (both paths drop it with the same reason).
+    register_streams(list(STREAMS.values()))
+    hostile = [
+        {"stream": STREAMS["book"], "data": {**BOOK, "s": "ETHUSDT"}},
+        {"stream": STREAMS["trade"], "data": {**TRADE, "s": "ETHUSDT"}},
+        {"stream": STREAMS["book"], "data": TRADE},
+        {"stream": STREAMS["trade"], "data": BOOK},
+    ]
+    for frame in hostile:
+        raw = orjson.dumps(frame)
+        for fast in (True, False):
+            assert _outcome(raw, fast) == ("NoneType", (None,), {"stream_mismatch": 1}, 1), frame
+    # An unsubscribed stream's frames are judged by their fields alone (the engine then decides
+    # whether the symbol is one it trades).
+    other = orjson.dumps({"stream": "ethusdt@bookTicker", "data": {**BOOK, "s": "ETHUSDT"}})
+    assert _outcome(other, fast=True)[0] == "BookTicker"

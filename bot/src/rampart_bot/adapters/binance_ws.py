@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import msgspec
 import orjson
@@ -105,11 +105,15 @@ def _sample(raw: object) -> str:
 
 # Venue decimals are plain "123.45" strings. Requiring exactly that rejects NaN, Infinity,
 # negatives, exponents (1e999999) and JSON numbers before Decimal() sees them.
-_PLAIN_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?").fullmatch
+# The quantifiers are possessive (`{1,20}+`, `?+`): a digit run is always followed by "." or a space or
+# the end, so giving digits back could never lead to a match. Not backtracking is the same language,
+# ~15-25 % cheaper per call.
+_DECIMAL_PATTERN = r"[0-9]{1,20}+(?:\.[0-9]{1,20}+)?+"
+_PLAIN_DECIMAL = re.compile(_DECIMAL_PATTERN).fullmatch
 # Two plain decimals joined by one space: one regex call checks a bookTicker's two sizes (a call costs
 # more than the matching). Equivalent to checking each: neither may contain a space, so the joined
 # string has exactly one, and the split is unique.
-_PLAIN_DECIMAL_PAIR = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})? [0-9]{1,20}(?:\.[0-9]{1,20})?").fullmatch
+_PLAIN_DECIMAL_PAIR = re.compile(f"{_DECIMAL_PATTERN} {_DECIMAL_PATTERN}").fullmatch
 _SYMBOL = re.compile(r"[A-Z0-9]{1,20}").fullmatch
 
 # Prices and sizes repeat a lot from tick to tick: converting each distinct string once is the
@@ -175,8 +179,10 @@ _decode_frame = msgspec.json.Decoder(_Frame).decode
 # struct of its kind, chosen by msgspec from the envelope's "stream" name (a tagged union), with
 # the fields of that kind required. That spares the Python-level dispatch and presence checks; any
 # frame it refuses takes the generic path, which names the reason. The other kind's fields are
-# typed as in _Frame, so both paths refuse the same frames.
+# typed as in _Frame, so both paths refuse the same frames. Each registered stream gets its own
+# subclass whose "s" must be that stream's symbol (see register_streams).
 class _TradeData(msgspec.Struct, gc=False):
+    is_book: ClassVar[bool] = False
     e: Literal["trade"]
     s: str
     t: SeqId
@@ -194,6 +200,7 @@ class _TradeData(msgspec.Struct, gc=False):
 
 
 class _BookData(msgspec.Struct, gc=False):
+    is_book: ClassVar[bool] = True
     u: SeqId
     s: str
     b: str
@@ -222,21 +229,36 @@ class _BookEnvelope(msgspec.Struct, gc=False, tag_field="stream"):
 # msgspec insists on the tag (a lone tagged struct would also accept a frame without "stream").
 _Unmatched = msgspec.defstruct("_Unmatched", [], bases=(_BookEnvelope,), tag="\x00")
 _STREAM_TYPES: dict[str, type] = {}
+# A registered stream's name -> (its symbol, whether it is a bookTicker stream).
+_STREAM_SYMBOL_KIND: dict[str, tuple[str, bool]] = {}
 _MAX_FAST_STREAMS = 2048
 _decode_fast: Callable[[str | bytes], Any] | None = None
 
 
 def register_streams(streams: Sequence[str]) -> None:
-    """Let frames of these streams ("btcusdt@trade", "btcusdt@bookTicker") take the fast path."""
+    """Let frames of these streams ("btcusdt@trade", "btcusdt@bookTicker") take the fast path.
+
+    A frame of a registered stream must carry that stream's symbol and kind: anything else is a
+    feed fault (dropped as "stream_mismatch" by the generic path). On the fast path msgspec checks
+    the symbol as a Literal and hands back the registered string object itself, so the symbol needs
+    no check of ours and its hash is already known to every later dict lookup.
+    """
     global _decode_fast
     added = False
     for name in streams:
         if name in _STREAM_TYPES or len(_STREAM_TYPES) >= _MAX_FAST_STREAMS:
             continue
-        base = _TradeEnvelope if name.endswith("@trade") else _BookEnvelope
-        if base is _BookEnvelope and not name.endswith("@bookTicker"):
+        prefix, _, kind = name.partition("@")
+        symbol = prefix.upper()
+        if kind not in ("trade", "bookTicker") or _SYMBOL(symbol) is None:
             continue
-        _STREAM_TYPES[name] = msgspec.defstruct("_Envelope", [], bases=(base,), tag=name)
+        is_book = kind == "bookTicker"
+        data_base, envelope_base = (_BookData, _BookEnvelope) if is_book else (_TradeData, _TradeEnvelope)
+        data = msgspec.defstruct(data_base.__name__, [("s", Literal[symbol])], bases=(data_base,))
+        _STREAM_TYPES[name] = msgspec.defstruct(
+            "_Envelope", [("data", data)], bases=(envelope_base,), tag=name
+        )
+        _STREAM_SYMBOL_KIND[name] = (symbol, is_book)
         added = True
     if added:
         union = Union[(_Unmatched, *_STREAM_TYPES.values())]  # type: ignore[valid-type]  # noqa: UP007
@@ -266,10 +288,8 @@ def parse_market_message(
     # again by the generic path, which drops it with the precise reason.
     dec_get = _DEC_CACHE.get
     try:
-        sym = data.s
-        if sym not in _SYMBOLS_SEEN:
-            _symbol(sym)
-        if type(data) is _BookData:
+        sym = data.s  # the stream's own symbol (a Literal): nothing to check
+        if data.is_book:
             b = data.b
             a = data.a
             bq = data.B
@@ -309,7 +329,11 @@ def _parse_generic(
         if not msg.stream:
             stats.drop("bad_envelope", raw)
             return None
+        expected = _STREAM_SYMBOL_KIND.get(msg.stream)
         msg = msg.data
+        if expected is not None and (msg.s != expected[0] or expected[1] != (msg.e != "trade")):
+            stats.drop("stream_mismatch", raw)  # e.g. a trade, or another symbol, on btcusdt@bookTicker
+            return None
     dec_get = _DEC_CACHE.get
     try:
         event = msg.e
@@ -454,6 +478,13 @@ class StreamSession(WSListener):
     Pings are answered by picows (auto-pong); the venue's close frame is answered, then the
     connection dropped. A handler that raises ends the session (logged), like a broken connection.
     """
+
+    # No instance __dict__: picows looks up `on_ws_frame` on every frame to find this override, and
+    # an instance dict is one more place it must search.
+    __slots__ = (
+        "stream", "handler", "end_token", "ended", "transport", "proven", "_healthy_at", "_held",
+        "_release_due", "_waiting", "_waiting_bytes", "_paused", "_closing", "_fragments",
+    )  # fmt: skip
 
     def __init__(self, stream: ReconnectingStream) -> None:
         super().__init__()
