@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 import orjson
@@ -182,7 +182,6 @@ _decode_frame = msgspec.json.Decoder(_Frame).decode
 # typed as in _Frame, so both paths refuse the same frames. Each registered stream gets its own
 # subclass whose "s" must be that stream's symbol (see register_streams).
 class _TradeData(msgspec.Struct, gc=False):
-    is_book: ClassVar[bool] = False
     e: Literal["trade"]
     s: str
     t: SeqId
@@ -200,7 +199,6 @@ class _TradeData(msgspec.Struct, gc=False):
 
 
 class _BookData(msgspec.Struct, gc=False):
-    is_book: ClassVar[bool] = True
     u: SeqId
     s: str
     b: str
@@ -289,7 +287,7 @@ def parse_market_message(
     dec_get = _DEC_CACHE.get
     try:
         sym = data.s  # the stream's own symbol (a Literal): nothing to check
-        if data.is_book:
+        if not data.e:  # a bookTicker has no event type; a trade's is "trade" (a slot read, no type lookup)
             b = data.b
             a = data.a
             bq = data.B
