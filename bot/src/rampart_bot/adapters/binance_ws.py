@@ -227,8 +227,8 @@ class _BookEnvelope(msgspec.Struct, gc=False, tag_field="stream"):
 # msgspec insists on the tag (a lone tagged struct would also accept a frame without "stream").
 _Unmatched = msgspec.defstruct("_Unmatched", [], bases=(_BookEnvelope,), tag="\x00")
 _STREAM_TYPES: dict[str, type] = {}
-# A registered stream's name -> (its symbol, whether it is a bookTicker stream).
-_STREAM_SYMBOL_KIND: dict[str, tuple[str, bool]] = {}
+# A registered stream's name -> (its symbol, its kind: "trade" or "bookTicker").
+_STREAM_SYMBOL_KIND: dict[str, tuple[str, str]] = {}
 _MAX_FAST_STREAMS = 2048
 _decode_fast: Callable[[str | bytes], Any] | None = None
 
@@ -256,7 +256,7 @@ def register_streams(streams: Sequence[str]) -> None:
         _STREAM_TYPES[name] = msgspec.defstruct(
             "_Envelope", [("data", data)], bases=(envelope_base,), tag=name
         )
-        _STREAM_SYMBOL_KIND[name] = (symbol, is_book)
+        _STREAM_SYMBOL_KIND[name] = (symbol, kind)
         added = True
     if added:
         union = Union[(_Unmatched, *_STREAM_TYPES.values())]  # type: ignore[valid-type]  # noqa: UP007
@@ -329,7 +329,7 @@ def _parse_generic(
             return None
         expected = _STREAM_SYMBOL_KIND.get(msg.stream)
         msg = msg.data
-        if expected is not None and (msg.s != expected[0] or expected[1] != (msg.e != "trade")):
+        if expected is not None and (msg.s, "trade" if msg.e == "trade" else "bookTicker") != expected:
             stats.drop("stream_mismatch", raw)  # e.g. a trade, or another symbol, on btcusdt@bookTicker
             return None
     dec_get = _DEC_CACHE.get
