@@ -226,9 +226,9 @@ class _BookEnvelope(msgspec.Struct, gc=False, tag_field="stream"):
 # A stream name never contains NUL: this member only makes the union have two members, so that
 # msgspec insists on the tag (a lone tagged struct would also accept a frame without "stream").
 _Unmatched = msgspec.defstruct("_Unmatched", [], bases=(_BookEnvelope,), tag="\x00")
-_STREAM_TYPES: dict[str, type] = {}
-# A registered stream's name -> (its symbol, its kind: "trade" or "bookTicker").
-_STREAM_SYMBOL_KIND: dict[str, tuple[str, str]] = {}
+# A registered stream's name -> its envelope struct, whose `symbol_kind` is (its symbol, "trade" or
+# "bookTicker").
+_STREAM_TYPES: dict[str, Any] = {}
 _MAX_FAST_STREAMS = 2048
 _decode_fast: Callable[[str | bytes], Any] | None = None
 
@@ -254,9 +254,9 @@ def register_streams(streams: Sequence[str]) -> None:
         data_base, envelope_base = (_BookData, _BookEnvelope) if is_book else (_TradeData, _TradeEnvelope)
         data = msgspec.defstruct(data_base.__name__, [("s", Literal[symbol])], bases=(data_base,))
         _STREAM_TYPES[name] = msgspec.defstruct(
-            "_Envelope", [("data", data)], bases=(envelope_base,), tag=name
-        )
-        _STREAM_SYMBOL_KIND[name] = (symbol, kind)
+            "_Envelope", [("data", data)], bases=(envelope_base,), tag=name,
+            namespace={"symbol_kind": (symbol, kind)},
+        )  # fmt: skip
         added = True
     if added:
         union = Union[(_Unmatched, *_STREAM_TYPES.values())]  # type: ignore[valid-type]  # noqa: UP007
@@ -327,9 +327,10 @@ def _parse_generic(
         if not msg.stream:
             stats.drop("bad_envelope", raw)
             return None
-        expected = _STREAM_SYMBOL_KIND.get(msg.stream)
+        registered = _STREAM_TYPES.get(msg.stream)
         msg = msg.data
-        if expected is not None and (msg.s, "trade" if msg.e == "trade" else "bookTicker") != expected:
+        kind = "trade" if msg.e == "trade" else "bookTicker"
+        if registered is not None and (msg.s, kind) != registered.symbol_kind:
             stats.drop("stream_mismatch", raw)  # e.g. a trade, or another symbol, on btcusdt@bookTicker
             return None
     dec_get = _DEC_CACHE.get
